@@ -1,0 +1,107 @@
+"""Build the aiohttp application from a validated config.
+
+`build_app(config)` wires the store, origin secrets, rails and routes; start-up work
+(migrations on SQLite, secrets from env vars, rail clients) runs in the app's cleanup
+context so that `tollgate serve`, tests and the demo share one path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway import health, proxy
+from gateway.config import Config, ConfigError
+from gateway.errors import TollgateError
+from gateway.rails.registry import build_rails
+from gateway.routing import Router
+from gateway.state import GATEWAY, Gateway
+from store import migrations
+from store.clock import Clock, SystemClock
+from store.crypto import load_master_key
+from store.db import create_engine, is_sqlite
+from store.secrets import SecretStore
+
+log = logging.getLogger("tollgate.app")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Turn every client fault into `{"error", "message"}` JSON; log and hide bugs."""
+    try:
+        return await handler(request)
+    except TollgateError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "bad_request" if exc.status < 500 else "internal_error")
+        return web.json_response({"error": code, "message": exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal_error", "message": "internal error"}, status=500)
+
+
+def build_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=config.server.max_request_bytes)
+    app["config"] = config  # convenience for debugging; code reads app[GATEWAY]
+    app.cleanup_ctx.append(_lifecycle(config, clock or SystemClock()))
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    return app
+
+
+def add_proxy_routes(app: web.Application) -> None:
+    """The catch-all proxy route: registered last so specific routes win."""
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+
+
+def _lifecycle(config: Config, clock: Clock):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = create_engine(config.database.url)
+        http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60))
+        try:
+            if is_sqlite(engine):
+                await migrations.migrate(engine)
+            else:
+                await migrations.ensure_current(engine)
+            box = load_master_key(config.database.master_key_env, config.database.master_key_file)
+            secret_store = SecretStore(engine, box, clock)
+            for pg in config.paygates:
+                wanted = None
+                if pg.origin_auth.secret_env:
+                    wanted = os.environ.get(pg.origin_auth.secret_env)
+                    if not wanted:
+                        raise ConfigError(
+                            f"paygates[{pg.id}].origin_auth.secret_env: environment variable "
+                            f"{pg.origin_auth.secret_env} is not set")
+                await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
+            gw = Gateway(config=config, router=Router(config.paygates), engine=engine,
+                         secret_store=secret_store, clock=clock, http=http)
+            gw.rails = await build_rails(gw)
+            app[GATEWAY] = gw
+            yield
+        finally:
+            for rail in (app[GATEWAY].rails.values() if GATEWAY in app else ()):
+                close = getattr(rail, "aclose", None)
+                if close is not None:
+                    await close()
+            await http.close()
+            await engine.dispose()
+    return ctx
+
+
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    """The full gateway: built-in routes, then the proxy catch-all."""
+    app = build_app(config, clock=clock)
+    add_proxy_routes(app)
+    return app

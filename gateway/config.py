@@ -1,0 +1,415 @@
+"""The gateway's configuration: a TOML file validated with pydantic.
+
+`load_config(path)` returns a `Config` or raises `ConfigError` whose message names each
+bad key (`paygates[0].target: ...`) and what is wrong with it. Money never passes
+through a float: prices are written as strings (or integers) of whole asset units and
+converted once, here, to integer atomic units (`Paygate.price_atomic`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+RAILS = ("x402-evm", "x402-hedera", "hedera-session")
+Rail = Literal["x402-evm", "x402-hedera", "hedera-session"]
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+               "gb": 1000**3, "gib": 1024**3}
+
+
+class ConfigError(Exception):
+    """A config the gateway refuses to start with; the message is for a person."""
+
+
+def _parse_size(value: Any) -> int:
+    """`10485760`, `"10MiB"`, `"512 KiB"`, `"1GB"` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 10485760 or \"10MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    raise ValueError("must be a size such as 10485760 or \"10MiB\"")
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size)]
+
+
+def _no_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError(
+            f"write prices as strings of whole units (e.g. \"{value}\"), never floats"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a decimal string such as \"0.001\"")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
+    if not d.is_finite() or d < 0:
+        raise ValueError("must be a finite, non-negative amount")
+    return d
+
+
+Price = Annotated[Decimal, BeforeValidator(_no_float)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+def is_private_host(host: str) -> bool:
+    """Loopback, private, link-local or unspecified literal address, or localhost."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified or ip.is_reserved
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8402, ge=0, le=65535)
+    public_url: str | None = None
+    max_request_bytes: ByteSize = 10 * 1024**2
+    allow_private_targets: bool = False
+    shutdown_grace_seconds: float = Field(30, ge=0)
+
+    _url = field_validator("public_url")(lambda v: v if v is None else _check_http_url(v))
+
+
+class DatabaseConfig(_Model):
+    url: str = "sqlite+aiosqlite:///var/tollgate.db"
+    master_key_env: str = "TOLLGATE_MASTER_KEY"
+    master_key_file: str = "var/master.key"
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, v: str) -> str:
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+
+class Eip3009Asset(_Model):
+    type: Literal["eip3009"]
+    network: str
+    address: str
+    decimals: int = Field(6, ge=0, le=36)
+    eip712_name: str = "USD Coin"
+    eip712_version: str = "2"
+
+    @field_validator("network")
+    @classmethod
+    def _caip2(cls, v: str) -> str:
+        if not re.fullmatch(r"eip155:[1-9]\d*", v):
+            raise ValueError("must be a CAIP-2 EVM network id such as eip155:8453")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", v):
+            raise ValueError("must be a 0x-prefixed 20-byte hex address")
+        return v
+
+
+class HbarAsset(_Model):
+    type: Literal["hbar"]
+    network: str = "hedera:testnet"
+    decimals: Literal[8] = 8
+
+    @field_validator("network")
+    @classmethod
+    def _caip2(cls, v: str) -> str:
+        if not re.fullmatch(r"hedera:[a-z0-9-]+", v):
+            raise ValueError("must be a CAIP-2 Hedera network id such as hedera:testnet")
+        return v
+
+
+Asset = Annotated[Eip3009Asset | HbarAsset, Field(discriminator="type")]
+
+
+class EvmNetworkConfig(_Model):
+    """How the gateway reaches one EVM chain and who pays gas for settlement."""
+
+    rpc_url: str
+    settler_key_env: str | None = None
+    facilitator_url: str | None = None
+    rpc_cache_seconds: float = Field(2.0, ge=0)
+    receipt_timeout_seconds: float = Field(30, gt=0)
+    deferred_exposure_limit: int = Field(0, ge=0)  # atomic units per payer; 0 = 10 x price
+
+    _urls = field_validator("rpc_url", "facilitator_url")(
+        lambda v: v if v is None else _check_http_url(v))
+
+    @model_validator(mode="after")
+    def _one_settlement_path(self) -> "EvmNetworkConfig":
+        if not self.settler_key_env and not self.facilitator_url:
+            raise ValueError("set settler_key_env (the gateway pays gas) or facilitator_url")
+        return self
+
+
+class HederaConfig(_Model):
+    network: str = "hedera:testnet"
+    nodes: dict[str, str] | None = None  # "host:port" -> node account id; None = SDK defaults
+    mirror_url: str
+    account_id: str
+    private_key_env: str
+    mirror_ttl_seconds: float = Field(10, gt=0)
+    pull_interval_seconds: float = Field(30, gt=0)
+
+    _url = field_validator("mirror_url")(_check_http_url)
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+\.\d+\.\d+", v):
+            raise ValueError("must be a Hedera account id such as 0.0.1234")
+        return v
+
+
+class ResourceRule(_Model):
+    method: str = "*"
+    path: str
+    units: int = Field(ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        v = v.upper()
+        if v != "*" and not re.fullmatch(r"[A-Z]+", v):
+            raise ValueError("must be an HTTP method such as GET, or *")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with /")
+        return v
+
+
+class OriginAuthConfig(_Model):
+    mode: Literal["hmac", "plaintext", "request"] = "hmac"
+    secret_env: str | None = None
+    rotation_grace_seconds: int = Field(3600, ge=0)
+
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+class PaygateConfig(_Model):
+    id: str
+    prefix: str
+    host: str | None = None
+    target: str
+    description: str = ""
+    mime_type: str = "application/json"
+    default_units: int = Field(1, ge=0)
+    rules: list[ResourceRule] = []
+    prices: dict[str, Price] = {}
+    rails: list[Rail] = []
+    pay_to: dict[Literal["evm", "hedera"], str] = {}
+    settlement: Literal["before", "after", "deferred"] = "after"
+    charge_below_status: int = Field(500, ge=100, le=600)
+    timeout_seconds: float = Field(600, gt=0)
+    max_response_bytes: ByteSize = 10 * 1024**2
+    max_request_bytes: ByteSize | None = None
+    allow_private_target: bool | None = None
+    origin_auth: OriginAuthConfig = OriginAuthConfig()
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.fullmatch(v):
+            raise ValueError("must be lowercase letters, digits, - or _ (at most 63)")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "*?#%") or "//" in v:
+            raise ValueError("must be a plain path such as /skyroute")
+        return v.rstrip("/") or "/"
+
+    _target = field_validator("target")(_check_http_url)
+
+    @model_validator(mode="after")
+    def _rails_have_prices(self) -> "PaygateConfig":
+        if len(set(self.rails)) != len(self.rails):
+            raise ValueError("rails: each rail may appear once")
+        return self
+
+
+class Config(_Model):
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    assets: dict[str, Asset] = {}
+    evm: dict[str, EvmNetworkConfig] = {}
+    hedera: HederaConfig | None = None
+    paygates: list[PaygateConfig] = []
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        errors: list[str] = []
+        seen: dict[str, int] = {}
+        for i, pg in enumerate(self.paygates):
+            where = f"paygates[{i}]"
+            if pg.id in seen:
+                errors.append(f"{where}.id: {pg.id!r} is already used by paygates[{seen[pg.id]}]")
+            seen[pg.id] = i
+            errors += _check_paygate(self, pg, where)
+        errors += _check_overlaps(self.paygates)
+        for net in self.evm:
+            if not re.fullmatch(r"eip155:[1-9]\d*", net):
+                errors.append(f"evm.{net}: must be keyed by a CAIP-2 id such as eip155:8453")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    def paygate(self, paygate_id: str) -> PaygateConfig | None:
+        return next((p for p in self.paygates if p.id == paygate_id), None)
+
+
+def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
+    errors = []
+    for asset_id, price in pg.prices.items():
+        asset = cfg.assets.get(asset_id)
+        if asset is None:
+            known = ", ".join(sorted(cfg.assets)) or "none defined"
+            errors.append(f"{where}.prices.{asset_id}: unknown asset (known: {known})")
+            continue
+        if (price * 10**asset.decimals) % 1:
+            errors.append(
+                f"{where}.prices.{asset_id}: {price} has more than {asset.decimals} decimals")
+    priced = {a: cfg.assets[a] for a in pg.prices if a in cfg.assets}
+    for rail in pg.rails:
+        if rail == "x402-evm":
+            evm_assets = [a for a in priced.values() if isinstance(a, Eip3009Asset)]
+            if not evm_assets:
+                errors.append(f"{where}.rails: x402-evm needs a price in an eip3009 asset")
+            if "evm" not in pg.pay_to:
+                errors.append(f"{where}.pay_to.evm: required by the x402-evm rail")
+            for a in evm_assets:
+                if a.network not in cfg.evm:
+                    errors.append(f"{where}.rails: x402-evm needs an [evm.\"{a.network}\"] section")
+        else:
+            if not any(isinstance(a, HbarAsset) for a in priced.values()):
+                errors.append(f"{where}.rails: {rail} needs a price in an hbar asset")
+            if cfg.hedera is None:
+                errors.append(f"{where}.rails: {rail} needs a [hedera] section")
+            if rail == "x402-hedera" and "hedera" not in pg.pay_to:
+                errors.append(f"{where}.pay_to.hedera: required by the x402-hedera rail")
+    if any(pg.prices.values()) and not pg.rails:
+        errors.append(f"{where}.rails: a priced paygate needs at least one rail")
+    host = urlsplit(pg.target).hostname or ""
+    allow = pg.allow_private_target if pg.allow_private_target is not None \
+        else cfg.server.allow_private_targets
+    if not allow and is_private_host(host):
+        errors.append(
+            f"{where}.target: {host} is a loopback/private address; set "
+            "allow_private_target = true (or server.allow_private_targets) to allow it")
+    if "evm" in pg.pay_to and not re.fullmatch(r"0x[0-9a-fA-F]{40}", pg.pay_to["evm"]):
+        errors.append(f"{where}.pay_to.evm: must be a 0x-prefixed 20-byte hex address")
+    if "hedera" in pg.pay_to and not re.fullmatch(r"\d+\.\d+\.\d+", pg.pay_to["hedera"]):
+        errors.append(f"{where}.pay_to.hedera: must be a Hedera account id such as 0.0.1234")
+    return errors
+
+
+def _check_overlaps(paygates: list[PaygateConfig]) -> list[str]:
+    """Two paygates overlap when a request path could match both: same host (or either
+    without a host) and one prefix equal to, or a path-segment prefix of, the other."""
+    errors = []
+    for i, a in enumerate(paygates):
+        for j in range(i):
+            b = paygates[j]
+            if a.host and b.host and a.host.lower() != b.host.lower():
+                continue
+            pa, pb = a.prefix.rstrip("/") + "/", b.prefix.rstrip("/") + "/"
+            if pa.startswith(pb) or pb.startswith(pa):
+                errors.append(
+                    f"paygates[{i}].prefix: {a.prefix!r} overlaps paygates[{j}] ({b.prefix!r})")
+    return errors
+
+
+def price_atomic(cfg: Config, pg: PaygateConfig, asset_id: str) -> int:
+    """The price of one unit of `pg` in `asset_id`, in integer atomic units."""
+    asset = cfg.assets[asset_id]
+    return int(pg.prices[asset_id] * 10**asset.decimals)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part in ("eip3009", "hbar") and loc.startswith("assets."):
+                continue  # the discriminator tag pydantic adds to the path
+            else:
+                loc += f".{part}" if loc else str(part)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        for line in msg.splitlines():
+            lines.append(f"{loc}: {line}" if loc else line)
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join(
+            f"  {line}" for line in str(exc).splitlines())) from None

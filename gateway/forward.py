@@ -1,0 +1,131 @@
+"""Talking to the origin: which headers cross, and streaming bodies both ways with caps.
+
+Nothing here buffers a whole response: bodies move chunk by chunk (SSE events reach the
+client as the origin writes them). Caps are enforced while streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import AsyncIterator, Iterable, Mapping
+
+from aiohttp import ClientResponse
+from multidict import CIMultiDict
+
+from gateway.errors import BadRequest, PayloadTooLarge
+
+log = logging.getLogger("tollgate.forward")
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+
+# Set by the gateway itself, or the caller's payment credentials: a caller must not be
+# able to forge them towards the origin, and the origin must not see them raw.
+_CALLER_MUST_NOT_SET = frozenset({
+    "host", "payment-signature", "x-payment", "x-payment-response", "payment-response",
+    "x-hedera-session-id", "sigwei-auth-signature", "sigwei-secret",
+    "x-forwarded-proto", "x-forwarded-host", "forwarded",
+})
+_GATEWAY_PREFIXES = ("x-tollgate-",)
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+def check_headers(headers: Iterable[tuple[str, str]]) -> None:
+    """Refuse header names that are not tokens and values outside visible ASCII, tab and
+    space (control characters, and non-ASCII bytes the gateway will not pass on)."""
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise BadRequest(f"header name {name!r} has invalid characters", code="invalid_header")
+        if not _VALUE.fullmatch(value):
+            raise BadRequest(f"header {name} has invalid characters", code="invalid_header")
+
+
+def request_headers_for_origin(
+    incoming: Iterable[tuple[str, str]],
+    *,
+    client_ip: str,
+    proto: str,
+    host: str,
+    strip: Iterable[str] = (),
+) -> CIMultiDict[str]:
+    """The caller's headers minus hop-by-hop, gateway-owned and credential headers, plus
+    X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host."""
+    incoming = list(incoming)
+    drop = set(HOP_BY_HOP) | _CALLER_MUST_NOT_SET | {s.lower() for s in strip}
+    for name, value in incoming:
+        if name.lower() == "connection":
+            drop |= {t.strip().lower() for t in value.split(",") if t.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    forwarded_for = []
+    for name, value in incoming:
+        lname = name.lower()
+        if lname in drop or lname.startswith(_GATEWAY_PREFIXES):
+            continue
+        if lname == "x-forwarded-for":
+            forwarded_for.append(value)
+            continue
+        out.add(name, value)
+    forwarded_for.append(client_ip)
+    out["X-Forwarded-For"] = ", ".join(forwarded_for)
+    out["X-Forwarded-Proto"] = proto
+    out["X-Forwarded-Host"] = host
+    return out
+
+
+def response_headers_for_client(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    items = upstream.items() if isinstance(upstream, Mapping) else upstream
+    drop = set(HOP_BY_HOP)
+    items = list(items)
+    for name, value in items:
+        if name.lower() == "connection":
+            drop |= {t.strip().lower() for t in value.split(",") if t.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in items:
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("Content-Length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest("Content-Length is not a number", code="invalid_header")
+    return int(raw)
+
+
+async def capped_stream(chunks: AsyncIterator[bytes], cap: int) -> AsyncIterator[bytes]:
+    """Pass a request body through, refusing it once it passes `cap` bytes."""
+    seen = 0
+    async for chunk in chunks:
+        seen += len(chunk)
+        if seen > cap:
+            raise PayloadTooLarge(f"request body is larger than {cap} bytes")
+        yield chunk
+
+
+async def read_capped(chunks: AsyncIterator[bytes], cap: int) -> bytes:
+    parts = []
+    async for chunk in capped_stream(chunks, cap):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class ResponseTooLarge(Exception):
+    pass
+
+
+async def iter_response(upstream: ClientResponse, cap: int) -> AsyncIterator[bytes]:
+    """The origin's body as it arrives, stopping with ResponseTooLarge past `cap` bytes."""
+    seen = 0
+    async for chunk in upstream.content.iter_any():
+        seen += len(chunk)
+        if seen > cap:
+            raise ResponseTooLarge(f"origin response is larger than {cap} bytes")
+        yield chunk

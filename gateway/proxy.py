@@ -1,0 +1,211 @@
+"""The paid reverse proxy: match a paygate, take payment through a rail, forward, stream.
+
+    route match -> units == 0 ---------------------------------------------> forward
+                -> no payment header --------------------------------------> 402 challenge
+                -> rail.accept: Charge ------------------------------------> forward
+                                StoredResponse (same payment again) -------> replay
+                                PaymentRejected -----------------------------> 402 + reason
+    forward -> origin status -> rail.complete (keep / reverse / settle) -> stream to client
+            -> rail.record (what was served, for replays)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from gateway import forward
+from gateway.challenge import challenge, paywall_html, wants_html
+from gateway.errors import NotFound, BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from gateway.origin_headers import origin_auth_headers
+from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
+from gateway.routing import Match, has_dot_segments
+from gateway.state import GATEWAY, Gateway
+
+log = logging.getLogger("tollgate.proxy")
+
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+class _Body:
+    """The request body, streamed by default and buffered only when someone needs it
+    whole (request-signing auth mode, a rail fingerprinting the request)."""
+
+    def __init__(self, request: web.Request, cap: int) -> None:
+        self._request = request
+        self._cap = cap
+        self._data: bytes | None = None
+
+    async def read(self) -> bytes:
+        if self._data is None:
+            self._data = await forward.read_capped(self._request.content.iter_any(), self._cap)
+        return self._data
+
+    def payload(self):
+        if self._data is not None:
+            return self._data
+        if not self._request.body_exists:
+            return None
+        return forward.capped_stream(self._request.content.iter_any(), self._cap)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    path = request.path
+    if has_dot_segments(path):
+        raise BadRequest("path must not contain . or .. segments", code="invalid_path")
+    forward.check_headers(request.headers.items())
+    match = gw.router.match(request.method, request.host, path)
+    if match is None:
+        raise NotFound(f"no paygate serves {path}")
+    pg = match.paygate
+    cap = pg.max_request_bytes or gw.config.server.max_request_bytes
+    length = forward.declared_length(request.headers)
+    if length is not None and length > cap:
+        raise PayloadTooLarge(f"request body is larger than {cap} bytes")
+    body = _Body(request, cap)
+    path_qs = request.raw_path
+    priced = Priced(pg, match.units, gw.resource_url(request), request.method, path_qs)
+
+    if match.units == 0:
+        return await _forward(request, gw, match, body, None, priced)
+
+    rails = [gw.rails[name] for name in pg.rails]
+    rail = next((r for r in rails if r.carries_payment(request.headers)), None)
+    if rail is None:
+        return _challenge_response(request, priced, rails)
+    paid = PaidRequest(request.method, path_qs, request.headers, request.remote or "", body.read)
+    try:
+        outcome = await rail.accept(paid, priced)
+    except PaymentRejected as rej:
+        return _challenge_response(request, priced, rails, rej)
+    if isinstance(outcome, StoredResponse):
+        return _replay(outcome)
+    return await _forward(request, gw, match, body, outcome, priced)
+
+
+def _challenge_response(request: web.Request, priced: Priced, rails, rej: PaymentRejected | None = None):
+    error = rej.reason if rej else "payment required"
+    extra = {"message": rej.message, **rej.extra} if rej else None
+    body, headers = challenge(priced, [r.offer(priced) for r in rails], error, extra)
+    if wants_html(request.headers):
+        return web.Response(status=402, text=paywall_html(body), content_type="text/html",
+                            headers=headers)
+    return web.json_response(body, status=402, headers=headers)
+
+
+def _replay(stored: StoredResponse) -> web.Response:
+    resp = web.Response(status=stored.status, body=stored.body)
+    for name, value in stored.headers:
+        if name.lower() not in ("content-length", "transfer-encoding"):
+            resp.headers.add(name, value)
+    resp.headers["X-Tollgate-Replay"] = "true"
+    return resp
+
+
+async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
+                   charge: Charge | None, priced: Priced) -> web.StreamResponse:
+    pg = match.paygate
+    upstream_url = pg.target + match.subpath
+    upstream_path_qs = _path_qs(upstream_url, request.query_string)
+    if request.query_string:
+        upstream_url += "?" + request.query_string
+    secrets = await gw.origin_secrets(pg.id)
+    digest = _EMPTY_SHA256
+    if pg.origin_auth.mode == "request":
+        digest = hashlib.sha256(await body.read()).hexdigest()
+    headers = forward.request_headers_for_origin(
+        request.headers.items(), client_ip=request.remote or "", proto=request.scheme,
+        host=request.host, strip=charge.strip_headers if charge else ())
+    headers.update(origin_auth_headers(
+        mode=pg.origin_auth.mode, secret=secrets.current, paygate_id=pg.id, units=match.units,
+        payer=charge.payer if charge else "", x_payment=charge.x_payment if charge else "",
+        x_payment_response=charge.x_payment_response if charge else "",
+        remaining=charge.remaining if charge else None, method=request.method,
+        path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now()))
+
+    rail = gw.rails[charge.rail] if charge else None
+    try:
+        upstream = await _open_upstream(gw, request.method, upstream_url, headers, body.payload(),
+                                        pg.timeout_seconds)
+    except BaseException:
+        if charge is not None and rail is not None:
+            await rail.complete(charge, 502)
+        raise
+    try:
+        length = upstream.content_length
+        if length is not None and length > pg.max_response_bytes:
+            raise UpstreamError(f"origin response is larger than {pg.max_response_bytes} bytes",
+                                code="upstream_response_too_large")
+        receipt = await rail.complete(charge, upstream.status) if charge and rail else {}
+        return await _stream_back(request, upstream, pg.max_response_bytes, receipt,
+                                  charge, rail)
+    except UpstreamError:
+        if charge is not None and rail is not None:
+            await rail.complete(charge, 502)
+        raise
+    finally:
+        upstream.release()
+
+
+def _path_qs(url: str, query: str) -> str:
+    path = urlsplit(url).path or "/"
+    return f"{path}?{query}" if query else path
+
+
+async def _open_upstream(gw: Gateway, method: str, url: str, headers, data, timeout: float):
+    try:
+        async with asyncio.timeout(timeout):
+            return await gw.http.request(
+                method, url, headers=headers, data=data, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10),
+                                              sock_read=timeout),
+                auto_decompress=False)
+    except TimeoutError:
+        raise UpstreamTimeout(f"origin did not answer within {timeout:g} s") from None
+    except PayloadTooLarge:
+        raise
+    except (aiohttp.ClientError, OSError) as exc:
+        log.warning("origin unreachable: %s %s: %s", method, url, exc)
+        raise UpstreamError("origin is unreachable") from None
+
+
+async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, cap: int,
+                       receipt: dict[str, str], charge: Charge | None, rail) -> web.StreamResponse:
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    resp.headers.update(forward.response_headers_for_client(upstream.headers.items()))
+    resp.headers.update(receipt)
+    if upstream.content_length is not None:
+        resp.content_length = upstream.content_length
+    await resp.prepare(request)
+    kept: list[bytes] | None = [] if charge is not None else None
+    complete = False
+    try:
+        async for chunk in forward.iter_response(upstream, cap):
+            await resp.write(chunk)
+            if kept is not None:
+                kept.append(chunk)
+        complete = True
+    except forward.ResponseTooLarge as exc:
+        log.warning("aborting response for %s: %s", request.path, exc)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        log.warning("origin broke off the response for %s: %s", request.path, exc or type(exc).__name__)
+    except ConnectionResetError:
+        log.info("client went away during %s", request.path)
+    if charge is not None and rail is not None and kept is not None:
+        stored_headers = [(k, v) for k, v in resp.headers.items()]
+        await rail.record(charge, StoredResponse(upstream.status, stored_headers, b"".join(kept),
+                                                 complete=complete))
+    if not complete:
+        # The client must see a broken response, not a clean end of a truncated body.
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp

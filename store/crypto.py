@@ -1,0 +1,52 @@
+"""Secrets at rest: encrypted with a master key before they touch the store.
+
+The master key comes from an environment variable (production) or, for the embedded
+default, from a key file created on first use with 0600 permissions. Losing the key
+makes stored secrets unreadable, which is the point: the database alone reveals none.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+class MasterKeyError(Exception):
+    pass
+
+
+class SecretBox:
+    def __init__(self, key: bytes) -> None:
+        try:
+            self._fernet = Fernet(key)
+        except (ValueError, TypeError):
+            raise MasterKeyError(
+                "master key must be 32 url-safe base64-encoded bytes "
+                "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+            ) from None
+
+    def seal(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
+
+    def open(self, sealed: str) -> str:
+        try:
+            return self._fernet.decrypt(sealed.encode("ascii")).decode("utf-8")
+        except InvalidToken:
+            raise MasterKeyError("a stored secret does not decrypt with this master key") from None
+
+
+def load_master_key(env_name: str, key_file: str | Path) -> SecretBox:
+    """The env var wins; else the key file, created (0600) when absent."""
+    value = os.environ.get(env_name)
+    if value:
+        return SecretBox(value.strip().encode("ascii"))
+    path = Path(key_file)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key + b"\n")
+    return SecretBox(path.read_bytes().strip())

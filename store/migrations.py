@@ -1,0 +1,83 @@
+"""Ordered schema migrations, recorded in `schema_migrations`.
+
+A migration is a version number, a description and a function run on a synchronous
+connection inside one transaction. Versions only ever get added to the end of
+`MIGRATIONS`; a released migration is never edited. On PostgreSQL an advisory lock makes
+concurrent `migrate` calls from several instances safe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store import schema
+
+_ADVISORY_LOCK_ID = 0x70_11_6A_7E  # arbitrary, constant across instances
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    upgrade: Callable[[Connection], None]
+
+
+def _create(*names: str) -> Callable[[Connection], None]:
+    def run(conn: Connection) -> None:
+        for name in names:
+            schema.metadata.tables[name].create(conn, checkfirst=True)
+    return run
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "origin secrets", _create("origin_secrets")),
+    Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
+]
+
+
+class SchemaBehind(Exception):
+    pass
+
+
+def _applied(conn: Connection) -> set[int]:
+    schema.schema_migrations.create(conn, checkfirst=True)
+    return set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
+
+
+def _upgrade(conn: Connection) -> list[int]:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
+    done = _applied(conn)
+    ran = []
+    for m in MIGRATIONS:
+        if m.version in done:
+            continue
+        m.upgrade(conn)
+        conn.execute(insert(schema.schema_migrations).values(
+            version=m.version, description=m.description, applied_at=time.time()))
+        ran.append(m.version)
+    return ran
+
+
+async def migrate(engine: AsyncEngine) -> list[int]:
+    """Apply every pending migration; returns the versions applied."""
+    async with engine.begin() as conn:
+        return await conn.run_sync(_upgrade)
+
+
+async def pending(engine: AsyncEngine) -> list[int]:
+    async with engine.begin() as conn:
+        done = await conn.run_sync(_applied)
+    return [m.version for m in MIGRATIONS if m.version not in done]
+
+
+async def ensure_current(engine: AsyncEngine) -> None:
+    missing = await pending(engine)
+    if missing:
+        raise SchemaBehind(
+            f"database schema is behind (pending migrations {missing}): run `tollgate migrate`")
