@@ -1,0 +1,515 @@
+"""Origin auth: how the gateway signs forwarded requests and how origins verify them.
+
+This module is the single source of truth for the three origin-auth recipes. The
+gateway calls the signing functions; providers call the verifiers (or use the
+ready-made middleware). It uses the Python standard library only, so a provider
+may import it or copy this one file; aiohttp is imported lazily, and only by
+``aiohttp_middleware``.
+
+Provider quick start (aiohttp)::
+
+    from aiohttp import web
+    from gateway.origin import aiohttp_middleware
+
+    async def flights(request):
+        paid = request["tollgate"]          # a GatewayPayment
+        return web.json_response({"payer": paid.payer, "units": paid.units})
+
+    app = web.Application(middlewares=[aiohttp_middleware(["<current>", "<previous>"],
+                                                          mode="request")])
+    app.router.add_get("/flights", flights)
+    web.run_app(app)
+
+ASGI apps: ``app = ASGIMiddleware(app, secrets, mode="request")``; the payment is
+then in ``scope["state"]["tollgate"]`` (``request.state.tollgate`` in Starlette).
+Anything else: call ``verify(mode, method, path_qs, headers, body, secrets)`` and
+answer 403 when it raises ``OriginAuthError``.
+
+Recipes (secrets are strings; the HMAC key is ``secret.encode("utf-8")``):
+
+* ``hmac``: ``Sigwei-Auth-Signature: base64(HMAC-SHA256(secret,
+  X-Payment + "|" + X-Payment-Response))``, standard base64, a missing payment
+  header counting as the empty string.
+* ``plaintext``: ``Sigwei-Secret: <secret>``.
+* ``request``: canonical = ``METHOD\\nPATH?QUERY\\nTIMESTAMP\\nREQUEST_ID\\n
+  sha256hex(body)`` (METHOD upper-cased; the path alone when the query is empty),
+  sent as ``X-Tollgate-Timestamp`` (unix seconds), ``X-Tollgate-Request-Id`` and
+  ``X-Tollgate-Signature: v1=<hex HMAC-SHA256(secret, canonical)>``. Origins reject
+  ``|now - timestamp| > tolerance`` (300 s by default).
+
+``PATH?QUERY`` is the request target exactly as it travels on the wire to the
+origin (still percent-encoded), so the gateway must sign the path the origin will
+see, including any base path of the upstream URL.
+
+Every mode also carries ``X-Tollgate-Payer``, ``X-Tollgate-Paygate``,
+``X-Tollgate-Units`` and, for sessions, ``X-Tollgate-Remaining``. Note that these
+informational headers are not covered by any signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from urllib.parse import quote
+
+__all__ = [
+    "MODES",
+    "HEADER_PAYMENT",
+    "HEADER_PAYMENT_RESPONSE",
+    "HEADER_HMAC_SIGNATURE",
+    "HEADER_PLAINTEXT_SECRET",
+    "HEADER_TIMESTAMP",
+    "HEADER_REQUEST_ID",
+    "HEADER_SIGNATURE",
+    "HEADER_PAYER",
+    "HEADER_PAYGATE",
+    "HEADER_UNITS",
+    "HEADER_REMAINING",
+    "DEFAULT_TOLERANCE",
+    "OriginAuthError",
+    "GatewayPayment",
+    "hmac_signature",
+    "request_canonical",
+    "request_canonical_from_digest",
+    "request_signature",
+    "request_signature_from_digest",
+    "decode_payment_header",
+    "verify_hmac",
+    "verify_plaintext",
+    "verify_request",
+    "verify",
+    "aiohttp_middleware",
+    "ASGIMiddleware",
+]
+
+MODES = ("hmac", "plaintext", "request")
+
+HEADER_PAYMENT = "X-Payment"
+HEADER_PAYMENT_RESPONSE = "X-Payment-Response"
+HEADER_HMAC_SIGNATURE = "Sigwei-Auth-Signature"
+HEADER_PLAINTEXT_SECRET = "Sigwei-Secret"
+HEADER_TIMESTAMP = "X-Tollgate-Timestamp"
+HEADER_REQUEST_ID = "X-Tollgate-Request-Id"
+HEADER_SIGNATURE = "X-Tollgate-Signature"
+HEADER_PAYER = "X-Tollgate-Payer"
+HEADER_PAYGATE = "X-Tollgate-Paygate"
+HEADER_UNITS = "X-Tollgate-Units"
+HEADER_REMAINING = "X-Tollgate-Remaining"
+
+DEFAULT_TOLERANCE = 300
+SIGNATURE_VERSION = "v1="
+
+SecretsArg = Union[str, Sequence[str]]
+SecretsSource = Union[SecretsArg, Callable[[], SecretsArg]]
+
+_MESSAGES = {
+    "missing_secret": "the origin has no secret configured",
+    "missing_signature": "the request carries no gateway signature",
+    "bad_signature": "the gateway signature does not match",
+    "missing_timestamp": "X-Tollgate-Timestamp is missing",
+    "bad_timestamp": "X-Tollgate-Timestamp is not unix seconds",
+    "timestamp_out_of_range": "X-Tollgate-Timestamp is too far from the current time",
+    "missing_request_id": "X-Tollgate-Request-Id is missing",
+    "bad_request_id": "X-Tollgate-Request-Id is malformed",
+}
+
+
+class OriginAuthError(Exception):
+    """A request failed origin auth. ``reason`` is a stable machine-readable code:
+    ``missing_secret``, ``missing_signature``, ``bad_signature``,
+    ``missing_timestamp``, ``bad_timestamp``, ``timestamp_out_of_range``,
+    ``missing_request_id`` or ``bad_request_id``."""
+
+    def __init__(self, reason: str, message: str | None = None):
+        self.reason = reason
+        self.message = message or _MESSAGES.get(reason, reason)
+        super().__init__(f"{reason}: {self.message}")
+
+
+@dataclass(frozen=True)
+class GatewayPayment:
+    """What the gateway told the origin about a verified call.
+
+    ``payment`` / ``payment_response`` are the decoded ``X-Payment`` /
+    ``X-Payment-Response`` JSON objects (None when absent or undecodable);
+    ``units`` / ``remaining`` are None when absent or not integers; ``request_id``
+    is set in ``request`` mode (origins may use it to refuse replays).
+    """
+
+    payer: str | None
+    paygate: str | None
+    units: int | None
+    remaining: int | None
+    payment: dict | None
+    payment_response: dict | None
+    mode: str
+    request_id: str | None = None
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def _key(secret: str) -> bytes:
+    return secret.encode("utf-8")
+
+
+def hmac_signature(secret: str, x_payment: str, x_payment_response: str) -> str:
+    """``hmac`` mode: standard base64 of HMAC-SHA256(secret, x_payment + "|" +
+    x_payment_response). Pass "" for a header that is not sent."""
+    message = f"{x_payment or ''}|{x_payment_response or ''}".encode("utf-8")
+    digest = hmac.new(_key(secret), message, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _normalize_path_qs(path_qs: str) -> str:
+    # "path alone when there is no query": an empty query is no query.
+    return path_qs[:-1] if path_qs.endswith("?") else path_qs
+
+
+def request_canonical_from_digest(
+    method: str, path_qs: str, timestamp: int | str, request_id: str, body_sha256_hex: str
+) -> bytes:
+    """``request`` mode canonical string from an already computed body digest.
+
+    ``path_qs`` is the percent-encoded request target (path, plus ``?query`` when
+    the query is not empty). ``timestamp`` is unix seconds; a string is used
+    verbatim. Raises ValueError when a component contains a newline or the digest
+    is not 64 hex digits."""
+    ts = str(int(timestamp)) if isinstance(timestamp, int) else str(timestamp)
+    digest = body_sha256_hex.lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("body_sha256_hex must be 64 hex digits")
+    parts = (method.upper(), _normalize_path_qs(path_qs), ts, request_id, digest)
+    if any("\n" in p or "\r" in p for p in parts):
+        raise ValueError("canonical request components may not contain newlines")
+    return "\n".join(parts).encode("utf-8")
+
+
+def request_canonical(
+    method: str, path_qs: str, timestamp: int | str, request_id: str, body: bytes
+) -> bytes:
+    """``request`` mode canonical string; see ``request_canonical_from_digest``."""
+    return request_canonical_from_digest(
+        method, path_qs, timestamp, request_id, hashlib.sha256(body).hexdigest()
+    )
+
+
+def request_signature_from_digest(
+    secret: str, method: str, path_qs: str, timestamp: int | str, request_id: str,
+    body_sha256_hex: str,
+) -> str:
+    """``X-Tollgate-Signature`` value ("v1=<hex>") for a body given by its digest."""
+    canonical = request_canonical_from_digest(method, path_qs, timestamp, request_id, body_sha256_hex)
+    return SIGNATURE_VERSION + hmac.new(_key(secret), canonical, hashlib.sha256).hexdigest()
+
+
+def request_signature(
+    secret: str, method: str, path_qs: str, timestamp: int | str, request_id: str, body: bytes
+) -> str:
+    """``X-Tollgate-Signature`` value ("v1=<hex>") for ``body``."""
+    return request_signature_from_digest(
+        secret, method, path_qs, timestamp, request_id, hashlib.sha256(body).hexdigest()
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_payment_header(value: str) -> dict:
+    """Decode an ``X-Payment`` / ``X-Payment-Response`` value: standard base64 of a
+    JSON object, missing ``=`` padding tolerated. Raises ValueError otherwise."""
+    text = (value or "").strip()
+    if not text:
+        raise ValueError("empty payment header")
+    text += "=" * (-len(text) % 4)
+    try:
+        raw = base64.b64decode(text, validate=True)
+        data = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"payment header is not base64 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("payment header JSON is not an object")
+    return data
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+def _lookup(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-cased header map; the first value wins for repeated names. Accepts a
+    plain dict (any case), a multidict, or an iterable of (name, value) pairs."""
+    items = headers.items() if hasattr(headers, "items") else headers
+    out: dict[str, str] = {}
+    for name, value in items:
+        out.setdefault(name.lower(), value)
+    return out
+
+
+def _secret_list(secrets: SecretsArg) -> list[str]:
+    if isinstance(secrets, str):
+        secrets = [secrets]
+    usable = [s for s in (secrets or ()) if s]
+    if not usable:
+        raise OriginAuthError("missing_secret")
+    return usable
+
+
+def _same(expected: str, given: str) -> bool:
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8", "replace"))
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _decode_or_none(value: str | None) -> dict | None:
+    if not value:
+        return None
+    try:
+        return decode_payment_header(value)
+    except ValueError:
+        return None
+
+
+def _payment(h: dict[str, str], mode: str, request_id: str | None = None) -> GatewayPayment:
+    return GatewayPayment(
+        payer=h.get(HEADER_PAYER.lower()) or None,
+        paygate=h.get(HEADER_PAYGATE.lower()) or None,
+        units=_int_or_none(h.get(HEADER_UNITS.lower())),
+        remaining=_int_or_none(h.get(HEADER_REMAINING.lower())),
+        payment=_decode_or_none(h.get(HEADER_PAYMENT.lower())),
+        payment_response=_decode_or_none(h.get(HEADER_PAYMENT_RESPONSE.lower())),
+        mode=mode,
+        request_id=request_id,
+    )
+
+
+def verify_hmac(headers: Mapping[str, str], secrets: SecretsArg) -> GatewayPayment:
+    """Verify ``hmac`` mode against any of ``secrets`` (current, then previous)."""
+    keys = _secret_list(secrets)
+    h = _lookup(headers)
+    given = h.get(HEADER_HMAC_SIGNATURE.lower())
+    if not given:
+        raise OriginAuthError("missing_signature")
+    xp = h.get(HEADER_PAYMENT.lower(), "")
+    xpr = h.get(HEADER_PAYMENT_RESPONSE.lower(), "")
+    # Evaluate every key so timing does not reveal which one matched.
+    matches = [_same(hmac_signature(k, xp, xpr), given.strip()) for k in keys]
+    if not any(matches):
+        raise OriginAuthError("bad_signature")
+    return _payment(h, "hmac")
+
+
+def verify_plaintext(headers: Mapping[str, str], secrets: SecretsArg) -> GatewayPayment:
+    """Verify ``plaintext`` mode: ``Sigwei-Secret`` equals one of ``secrets``."""
+    keys = _secret_list(secrets)
+    h = _lookup(headers)
+    given = h.get(HEADER_PLAINTEXT_SECRET.lower())
+    if not given:
+        raise OriginAuthError("missing_signature")
+    # Compare digests so neither timing nor length reveals the secret.
+    given_digest = hashlib.sha256(given.encode("utf-8", "replace")).digest()
+    matches = [hmac.compare_digest(hashlib.sha256(_key(k)).digest(), given_digest) for k in keys]
+    if not any(matches):
+        raise OriginAuthError("bad_signature")
+    return _payment(h, "plaintext")
+
+
+def verify_request(
+    method: str,
+    path_qs: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: SecretsArg,
+    now: float | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+) -> GatewayPayment:
+    """Verify ``request`` mode. ``path_qs`` is the raw (percent-encoded) request
+    target as received; ``body`` the complete request body; ``now`` defaults to
+    ``time.time()``. The timestamp must lie within ``tolerance`` seconds of now."""
+    keys = _secret_list(secrets)
+    h = _lookup(headers)
+    given = (h.get(HEADER_SIGNATURE.lower()) or "").strip()
+    if not given:
+        raise OriginAuthError("missing_signature")
+    ts = (h.get(HEADER_TIMESTAMP.lower()) or "").strip()
+    if not ts:
+        raise OriginAuthError("missing_timestamp")
+    if not (ts.isascii() and ts.isdigit()):
+        raise OriginAuthError("bad_timestamp")
+    current = time.time() if now is None else now
+    if abs(current - int(ts)) > tolerance:
+        raise OriginAuthError("timestamp_out_of_range")
+    request_id = h.get(HEADER_REQUEST_ID.lower()) or ""
+    if not request_id:
+        raise OriginAuthError("missing_request_id")
+    if not given.startswith(SIGNATURE_VERSION):
+        raise OriginAuthError("bad_signature", "unsupported signature version")
+    digest = hashlib.sha256(body or b"").hexdigest()
+    try:
+        expected = [
+            request_signature_from_digest(k, method, path_qs, ts, request_id, digest) for k in keys
+        ]
+    except ValueError:
+        raise OriginAuthError("bad_request_id") from None
+    if not any([_same(e, given.lower()) for e in expected]):
+        raise OriginAuthError("bad_signature")
+    return _payment(h, "request", request_id)
+
+
+def verify(
+    mode: str,
+    method: str,
+    path_qs: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    secrets: SecretsArg,
+    now: float | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+) -> GatewayPayment:
+    """Verify a request in ``mode`` ("hmac", "plaintext" or "request"); raises
+    OriginAuthError on failure and ValueError for an unknown mode."""
+    if mode == "hmac":
+        return verify_hmac(headers, secrets)
+    if mode == "plaintext":
+        return verify_plaintext(headers, secrets)
+    if mode == "request":
+        return verify_request(method, path_qs, headers, body, secrets, now=now, tolerance=tolerance)
+    raise ValueError(f"unknown origin auth mode {mode!r}; expected one of {MODES}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown origin auth mode {mode!r}; expected one of {MODES}")
+
+
+def _resolve(secrets: SecretsSource) -> SecretsArg:
+    return secrets() if callable(secrets) else secrets
+
+
+def _error_body(err: OriginAuthError) -> dict[str, str]:
+    return {"error": err.reason, "message": err.message}
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+def aiohttp_middleware(
+    secrets: SecretsSource, mode: str = "hmac", tolerance: int = DEFAULT_TOLERANCE
+):
+    """aiohttp middleware verifying every request. ``secrets`` is a sequence or a
+    zero-argument callable returning one (read on each request, for rotation).
+    Failures get 403 JSON ``{"error": reason, "message": ...}``; on success the
+    GatewayPayment is stored at ``request["tollgate"]``. In ``request`` mode the
+    body is read (and stays readable by the handler, aiohttp caches it).
+
+    The plain string key "tollgate" is part of the contract, so aiohttp's advice
+    to use ``web.RequestKey`` (NotAppKeyWarning) is silenced for this module only."""
+    from aiohttp import web
+
+    _check_mode(mode)
+    not_app_key = getattr(web, "NotAppKeyWarning", None)
+    if not_app_key is not None:
+        warnings.filterwarnings("ignore", category=not_app_key, module=re.escape(__name__) + "$")
+
+    @web.middleware
+    async def tollgate_origin_auth(request, handler):
+        body = await request.read() if mode == "request" else b""
+        try:
+            paid = verify(mode, request.method, request.raw_path, request.headers, body,
+                          _resolve(secrets), tolerance=tolerance)
+        except OriginAuthError as err:
+            return web.json_response(_error_body(err), status=403)
+        request["tollgate"] = paid
+        return await handler(request)
+
+    return tollgate_origin_auth
+
+
+class ASGIMiddleware:
+    """ASGI middleware verifying every HTTP request; other scope types (lifespan,
+    websocket) pass through untouched. In ``request`` mode the body is buffered,
+    verified, then replayed to the app as one ``http.request`` message. On success
+    the GatewayPayment is put at ``scope["state"]["tollgate"]``; failures get 403
+    JSON ``{"error": reason, "message": ...}``."""
+
+    def __init__(self, app, secrets: SecretsSource, mode: str = "hmac",
+                 tolerance: int = DEFAULT_TOLERANCE):
+        _check_mode(mode)
+        self.app = app
+        self.secrets = secrets
+        self.mode = mode
+        self.tolerance = tolerance
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        if self.mode == "request":
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            receive = _replay(body, receive)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        try:
+            paid = verify(self.mode, scope.get("method", "GET"), _asgi_path_qs(scope), headers,
+                          body, _resolve(self.secrets), tolerance=self.tolerance)
+        except OriginAuthError as err:
+            await _send_json(send, 403, _error_body(err))
+            return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["tollgate"] = paid
+        await self.app(scope, receive, send)
+
+
+def _asgi_path_qs(scope: Mapping[str, Any]) -> str:
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope.get("path", "/"), safe="/:@!$&'()*+,;=-._~%")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send, status: int, data: dict) -> None:
+    payload = json.dumps(data).encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode("ascii"))],
+    })
+    await send({"type": "http.response.body", "body": payload})
