@@ -14,10 +14,10 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import health, proxy
+from gateway import facilitator, health, proxy
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
-from gateway.rails.registry import build_rails
+from gateway.rails.registry import build_rails, evm_chains
 from gateway.routing import Router
 from gateway.state import GATEWAY, Gateway
 from store import migrations
@@ -27,6 +27,8 @@ from store.db import create_engine, is_sqlite
 from store.secrets import SecretStore
 
 log = logging.getLogger("tollgate.app")
+
+MAX_HEADER_FIELD = 16 * 1024
 
 
 @web.middleware
@@ -49,9 +51,11 @@ async def error_middleware(request: web.Request, handler):
 
 
 def build_app(config: Config, *, clock: Clock | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware],
-                          client_max_size=config.server.max_request_bytes)
-    app["config"] = config  # convenience for debugging; code reads app[GATEWAY]
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=config.server.max_request_bytes,
+        # Room for x402 payment headers past 8 KiB, so the gateway (not the HTTP parser)
+        # refuses them with a proper 402 reason.
+        handler_args={"max_field_size": MAX_HEADER_FIELD, "max_line_size": MAX_HEADER_FIELD})
     app.cleanup_ctx.append(_lifecycle(config, clock or SystemClock()))
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
@@ -87,14 +91,18 @@ def _lifecycle(config: Config, clock: Clock):
                 await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
             gw = Gateway(config=config, router=Router(config.paygates), engine=engine,
                          secret_store=secret_store, clock=clock, http=http)
+            await evm_chains(gw)
             gw.rails = await build_rails(gw)
             app[GATEWAY] = gw
             yield
         finally:
-            for rail in (app[GATEWAY].rails.values() if GATEWAY in app else ()):
+            gw_state = app.get(GATEWAY)
+            for rail in (gw_state.rails.values() if gw_state else ()):
                 close = getattr(rail, "aclose", None)
                 if close is not None:
                     await close()
+            if gw_state is not None and gw_state.evm is not None:
+                await gw_state.evm.aclose()
             await http.close()
             await engine.dispose()
     return ctx
@@ -103,5 +111,6 @@ def _lifecycle(config: Config, clock: Clock):
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """The full gateway: built-in routes, then the proxy catch-all."""
     app = build_app(config, clock=clock)
+    facilitator.add_routes(app)
     add_proxy_routes(app)
     return app

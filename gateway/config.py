@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -94,7 +95,12 @@ def is_private_host(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        # Short numeric IPv4 forms ("127.1", "2130706433", "0x7f000001") that
+        # ipaddress refuses but every resolver (inet_aton) turns into an address.
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False
     return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified or ip.is_reserved
 
 
@@ -105,6 +111,7 @@ class ServerConfig(_Model):
     max_request_bytes: ByteSize = 10 * 1024**2
     allow_private_targets: bool = False
     shutdown_grace_seconds: float = Field(30, ge=0)
+    settlement_interval_seconds: float = Field(1.0, gt=0)
 
     _url = field_validator("public_url")(lambda v: v if v is None else _check_http_url(v))
 

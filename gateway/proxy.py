@@ -143,7 +143,11 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         if length is not None and length > pg.max_response_bytes:
             raise UpstreamError(f"origin response is larger than {pg.max_response_bytes} bytes",
                                 code="upstream_response_too_large")
-        receipt = await rail.complete(charge, upstream.status) if charge and rail else {}
+        try:
+            receipt = await rail.complete(charge, upstream.status) if charge and rail else {}
+        except PaymentRejected as rej:
+            # `after` settlement failed: the caller gets the 402, not the origin's answer.
+            return _challenge_response(request, priced, [gw.rails[n] for n in pg.rails], rej)
         return await _stream_back(request, upstream, pg.max_response_bytes, receipt,
                                   charge, rail)
     except UpstreamError:

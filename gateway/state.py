@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +29,7 @@ class Gateway:
     clock: Clock
     http: aiohttp.ClientSession
     rails: dict[str, Rail] = field(default_factory=dict)
+    evm: Any = None  # gateway.rails.evm.EvmChains when [evm] networks are configured
     _secrets: dict[str, tuple[float, OriginSecrets]] = field(default_factory=dict)
 
     async def origin_secrets(self, paygate_id: str) -> OriginSecrets:

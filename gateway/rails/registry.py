@@ -3,7 +3,7 @@ paygate uses it, so a gateway without Hedera never imports the Hedera SDK."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from gateway.config import ConfigError
 from gateway.rails.base import Rail
@@ -23,4 +23,26 @@ async def build_rails(gw: "Gateway") -> dict[str, Rail]:
     return rails
 
 
-_FACTORIES: dict = {}
+async def _x402_evm(gw: "Gateway") -> Rail:
+    from chains.payments import PaymentStore
+    from gateway.rails.x402 import X402Rail
+
+    evm = await evm_chains(gw)
+    rail = X402Rail(evm, PaymentStore(gw.engine, gw.clock), gw.clock)
+    rail.start(gw.config.server.settlement_interval_seconds)
+    return rail
+
+
+async def evm_chains(gw: "Gateway"):
+    """The EVM networks (shared by the x402 rail and the facilitator API), built once."""
+    if gw.evm is None and gw.config.evm:
+        from gateway.rails.evm import EvmChains
+
+        gw.evm = EvmChains(gw.config)
+        await gw.evm.check()
+    return gw.evm
+
+
+_FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {
+    "x402-evm": _x402_evm,
+}

@@ -1,0 +1,252 @@
+"""x402 payments the gateway has accepted: the replay guard, the settlement state machine
+and the responses served, for every chain.
+
+State machine (a payment row is created already `verified`, by the claim):
+
+    verified ──► settling ──► settled
+        │            │    └──► failed
+        │            └──────► unknown ──► settled | failed   (reconciled from the chain)
+        ├──► queued ──► settling ...                         (deferred settlement)
+        └──► void                                            (origin failed: not settled)
+
+`unknown` is a real state: the settlement was sent and its outcome is not known yet. It is
+never answered with a fresh 402 and never settled a second time; the settlement worker
+resolves it from the chain.
+
+The claim is one statement: `INSERT ... ON CONFLICT DO NOTHING RETURNING id`. Whoever
+inserts the row owns the payment; anyone else presenting it gets the stored response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from store.clock import Clock
+from store.schema import payment_responses, payments
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "verified": frozenset({"settling", "queued", "void"}),
+    "queued": frozenset({"settling"}),
+    "settling": frozenset({"settled", "failed", "unknown"}),
+    "unknown": frozenset({"settling", "settled", "failed"}),
+    "settled": frozenset(),
+    "failed": frozenset(),
+    "void": frozenset(),
+}
+# Payments whose money may still move: they count towards a payer's deferred exposure.
+OPEN_STATES = ("verified", "queued", "settling", "unknown")
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def check_transition(old: str, new: str) -> None:
+    if new not in TRANSITIONS.get(old, ()):
+        raise IllegalTransition(f"payment cannot go from {old} to {new}")
+
+
+@dataclass(frozen=True)
+class NewPayment:
+    claim_key: str  # network|asset|payer|nonce: unique on chain, so unique here
+    payment_identifier: str | None
+    fingerprint: str  # sha256 of the payment payload: same payment <=> same fingerprint
+    rail: str
+    paygate_id: str
+    network: str
+    asset: str
+    payer: str
+    pay_to: str
+    amount: int
+    settlement: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    id: str
+    claim_key: str
+    payment_identifier: str | None
+    fingerprint: str
+    rail: str
+    paygate_id: str
+    network: str
+    asset: str
+    payer: str
+    pay_to: str
+    amount: int
+    state: str
+    settlement: str
+    payload: dict[str, Any]
+    tx_hash: str | None
+    error: str | None
+    attempts: int
+
+    @classmethod
+    def from_row(cls, r: Any) -> "PaymentRow":
+        return cls(r.id, r.claim_key, r.payment_identifier, r.request_fingerprint, r.rail,
+                   r.paygate_id, r.network, r.asset, r.payer, r.pay_to, int(r.amount), r.state,
+                   r.settlement, json.loads(r.payload), r.tx_hash, r.error, r.attempts)
+
+
+@dataclass(frozen=True)
+class Stored:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    complete: bool
+
+
+class PaymentStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def _insert(self):
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(payments)
+
+    async def claim(self, p: NewPayment, exposure_limit: int | None = None) -> str | None:
+        """Insert the payment; its id if this call owns it, None if the claim key or the
+        payment identifier is taken. With `exposure_limit`, the insert also requires that
+        the payer's open payments on this network and asset stay within it (deferred
+        settlement): None then too, and `find` tells the two cases apart."""
+        now = self._clock.now()
+        pid = secrets.token_hex(16)
+        values = dict(
+            id=pid, claim_key=p.claim_key, payment_identifier=p.payment_identifier,
+            request_fingerprint=p.fingerprint, rail=p.rail, paygate_id=p.paygate_id,
+            network=p.network, asset=p.asset, payer=p.payer, pay_to=p.pay_to, amount=p.amount,
+            state="verified", settlement=p.settlement, payload=json.dumps(p.payload),
+            tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now)
+        async with self._engine.begin() as conn:
+            if exposure_limit is not None:
+                if conn.dialect.name == "postgresql":
+                    # Serialise claims of one payer so the exposure sum cannot be raced.
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                                       {"k": f"{p.network}|{p.asset}|{p.payer}"})
+                open_sum = (await conn.execute(
+                    select(func.coalesce(func.sum(payments.c.amount), 0)).where(
+                        payments.c.network == p.network, payments.c.asset == p.asset,
+                        payments.c.payer == p.payer, payments.c.state.in_(OPEN_STATES)))
+                ).scalar_one()
+                if int(open_sum) + p.amount > exposure_limit:
+                    return None
+            row = (await conn.execute(
+                self._insert().values(**values).on_conflict_do_nothing().returning(payments.c.id)
+            )).first()
+        return row.id if row else None
+
+    async def find(self, claim_key: str, paygate_id: str,
+                   payment_identifier: str | None) -> PaymentRow | None:
+        """The payment that holds this claim key, or this paygate's payment identifier."""
+        cond = payments.c.claim_key == claim_key
+        if payment_identifier:
+            cond = or_(cond, and_(payments.c.paygate_id == paygate_id,
+                                  payments.c.payment_identifier == payment_identifier))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(payments).where(cond).limit(1))).first()
+        return PaymentRow.from_row(row) if row else None
+
+    async def get(self, payment_id: str) -> PaymentRow | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(payments).where(payments.c.id == payment_id))).first()
+        return PaymentRow.from_row(row) if row else None
+
+    async def transition(self, payment_id: str, old: str | Iterable[str], new: str, *,
+                         tx_hash: str | None = None, error: str | None = None) -> bool:
+        """Move from `old` (one state or several) to `new` if the row is still there;
+        False if someone else moved it first. Illegal transitions raise."""
+        olds = [old] if isinstance(old, str) else list(old)
+        for o in olds:
+            check_transition(o, new)
+        values: dict[str, Any] = {"state": new, "updated_at": self._clock.now()}
+        if tx_hash is not None:
+            values["tx_hash"] = tx_hash
+        if error is not None:
+            values["error"] = error
+        if new == "settling":
+            values["attempts"] = payments.c.attempts + 1
+        if new in ("settled", "failed", "void"):
+            values["lease_until"] = None
+        async with self._engine.begin() as conn:
+            res = await conn.execute(update(payments).where(
+                payments.c.id == payment_id, payments.c.state.in_(olds)).values(**values))
+        return res.rowcount == 1
+
+    async def set_tx_hash(self, payment_id: str, tx_hash: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(payments).where(payments.c.id == payment_id)
+                               .values(tx_hash=tx_hash, updated_at=self._clock.now()))
+
+    async def lease(self, states: Iterable[str], lease_seconds: float, limit: int,
+                    older_than: float = 0) -> list[PaymentRow]:
+        """Take up to `limit` rows in `states` that nobody holds a live lease on (and that
+        were last touched `older_than` seconds ago); several gateway instances can run
+        the settlement worker at once without working the same row."""
+        now = self._clock.now()
+        states = list(states)
+        async with self._engine.begin() as conn:
+            ids = (await conn.execute(
+                select(payments.c.id).where(
+                    payments.c.state.in_(states),
+                    payments.c.updated_at <= now - older_than,
+                    or_(payments.c.lease_until.is_(None), payments.c.lease_until < now))
+                .order_by(payments.c.updated_at).limit(limit))).scalars().all()
+            if not ids:
+                return []
+            rows = (await conn.execute(
+                update(payments).where(
+                    payments.c.id.in_(ids),
+                    or_(payments.c.lease_until.is_(None), payments.c.lease_until < now))
+                .values(lease_until=now + lease_seconds).returning(*payments.c))).all()
+        return [PaymentRow.from_row(r) for r in rows]
+
+    async def release(self, payment_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(payments).where(payments.c.id == payment_id)
+                               .values(lease_until=None))
+
+    async def store_response(self, payment_id: str, status: int, headers: list[tuple[str, str]],
+                             body: bytes, complete: bool) -> None:
+        """Remember what was served for this payment (first writer wins)."""
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        async with self._engine.begin() as conn:
+            await conn.execute(dialect.insert(payment_responses).values(
+                payment_id=payment_id, status=status, headers=json.dumps(headers), body=body,
+                complete=int(complete), created_at=self._clock.now()).on_conflict_do_nothing())
+
+    async def response(self, payment_id: str) -> Stored | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(payment_responses).where(
+                payment_responses.c.payment_id == payment_id))).first()
+        if row is None:
+            return None
+        return Stored(row.status, [tuple(h) for h in json.loads(row.headers)], bytes(row.body),
+                      bool(row.complete))
+
+    async def wait_response(self, payment_id: str, timeout: float,
+                            interval: float = 0.05) -> Stored | None:
+        """Poll for the stored response of a payment another request is serving."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            stored = await self.response(payment_id)
+            if stored is not None or loop.time() >= deadline:
+                return stored
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, 0.5)
+
+    async def counts(self) -> dict[str, int]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(payments.c.state, func.count()).group_by(
+                payments.c.state))).all()
+        return {state: n for state, n in rows}

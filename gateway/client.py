@@ -1,0 +1,144 @@
+"""`PayingClient`: an httpx client for agents that answers 402s by paying them.
+
+    async with PayingClient(evm_key="0x...", max_per_request=10_000, spend_limit=1_000_000) as c:
+        resp = await c.get("http://gateway/skyroute/v1/flights")
+        print(resp.status_code, c.last_receipt)
+
+It reads the v2 `PAYMENT-REQUIRED` header (or the JSON body), picks the first offer it can
+pay (x402 `exact` on an EVM network with an EIP-3009 token), signs an authorization for
+exactly the asked amount and retries once with `PAYMENT-SIGNATURE`. It refuses to pay more
+than `max_per_request` for one call or `spend_limit` in total (atomic units of the asset);
+the 402 is then returned as is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from chains.evm.codec import build_exact_evm_payload
+from chains.evm.eip712 import address_of
+from chains.x402 import PaymentRequirements, X402Error, decode_header, encode_header
+
+
+class PaymentRefused(Exception):
+    """The client chose not to pay (over a limit, or no offer it can pay)."""
+
+
+@dataclass
+class Spend:
+    """What the client paid, per asset, in atomic units."""
+
+    by_asset: dict[str, int] = field(default_factory=dict)
+
+    def total(self, asset: str) -> int:
+        return self.by_asset.get(asset.lower(), 0)
+
+    def add(self, asset: str, amount: int) -> None:
+        self.by_asset[asset.lower()] = self.total(asset) + amount
+
+
+class PayingClient:
+    def __init__(
+        self,
+        *,
+        evm_key: str | None = None,
+        max_per_request: int | None = None,
+        spend_limit: int | None = None,
+        http: httpx.AsyncClient | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._evm_key = evm_key
+        self.address = address_of(evm_key) if evm_key else None
+        self.max_per_request = max_per_request
+        self.spend_limit = spend_limit
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._own_http = http is None
+        self.spent = Spend()
+        self.last_receipt: dict[str, Any] | None = None
+        self.last_refusal: str | None = None
+
+    async def __aenter__(self) -> "PayingClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def get(self, url: str, **kw: Any) -> httpx.Response:
+        return await self.request("GET", url, **kw)
+
+    async def post(self, url: str, **kw: Any) -> httpx.Response:
+        return await self.request("POST", url, **kw)
+
+    async def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """Send the request; on a 402 pay it (within limits) and send it once more."""
+        self.last_receipt = None
+        self.last_refusal = None
+        resp = await self._http.request(method, url, **kw)
+        if resp.status_code != 402:
+            return resp
+        try:
+            header, req = self._choose(resp)
+        except PaymentRefused as exc:
+            self.last_refusal = str(exc)
+            return resp
+        headers = dict(kw.pop("headers", None) or {})
+        headers["PAYMENT-SIGNATURE"] = header
+        paid = await self._http.request(method, url, headers=headers, **kw)
+        receipt = paid.headers.get("PAYMENT-RESPONSE") or paid.headers.get("X-PAYMENT-RESPONSE")
+        if receipt:
+            try:
+                self.last_receipt = decode_header(receipt)
+            except X402Error:
+                self.last_receipt = None
+        if paid.status_code != 402:
+            self.spent.add(req.asset, req.amount_int)
+        return paid
+
+    def _challenge(self, resp: httpx.Response) -> dict[str, Any]:
+        header = resp.headers.get("PAYMENT-REQUIRED")
+        if header:
+            return decode_header(header, max_len=64 * 1024)
+        try:
+            body = resp.json()
+        except ValueError:
+            raise PaymentRefused("402 without a readable challenge") from None
+        if not isinstance(body, dict):
+            raise PaymentRefused("402 without a readable challenge")
+        return body
+
+    def _choose(self, resp: httpx.Response) -> tuple[str, PaymentRequirements]:
+        try:
+            challenge = self._challenge(resp)
+        except X402Error as exc:
+            raise PaymentRefused(f"unreadable challenge: {exc}") from None
+        reasons = []
+        for entry in challenge.get("accepts") or []:
+            try:
+                req = PaymentRequirements.model_validate(entry)
+            except Exception:
+                continue
+            if req.scheme != "exact" or not req.network.startswith("eip155:") or not self._evm_key:
+                reasons.append(f"cannot pay {req.scheme} on {req.network}")
+                continue
+            if self.max_per_request is not None and req.amount_int > self.max_per_request:
+                reasons.append(f"{req.amount} is over the per-request maximum {self.max_per_request}")
+                continue
+            if self.spend_limit is not None and \
+                    self.spent.total(req.asset) + req.amount_int > self.spend_limit:
+                reasons.append(f"paying {req.amount} would pass the spend limit {self.spend_limit}")
+                continue
+            payload = build_exact_evm_payload(self._evm_key, req, now=int(time.time()))
+            v2_entry = {k: v for k, v in entry.items()
+                        if k not in ("maxAmountRequired", "resource", "description", "mimeType")}
+            body = {"x402Version": 2, "resource": challenge.get("resource"),
+                    "accepted": v2_entry, "payload": payload.to_wire(), "extensions": {}}
+            return encode_header(body), req
+        raise PaymentRefused("; ".join(reasons) or "the 402 offers nothing to pay")

@@ -1,0 +1,185 @@
+"""x402 `exact` on EVM chains: requirements from the config, local verification against
+cached chain state, settlement through the gateway's own key or a facilitator.
+
+One `EvmNetwork` per configured `[evm."eip155:N"]` section holds that chain's JSON-RPC
+client, its cached reader and its settlement path; the x402 rail and the facilitator API
+share them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from chains.evm.codec import parse_exact_evm_payload
+from chains.evm.rpc import RpcClient, RpcUnavailable
+from chains.evm.settle import SettleOutcome, Settler, TransferAuthorization
+from chains.evm.verify import CachedChainReader, Verified, check_chain_state, verify_payment
+from chains.facilitator import FacilitatorClient, FacilitatorUnavailable
+from chains.x402 import PaymentPayload, PaymentRequirements, X402Error, evm_chain_id
+from gateway.config import Config, ConfigError, Eip3009Asset, EvmNetworkConfig, price_atomic
+from gateway.errors import Unavailable
+from gateway.rails.base import Priced
+
+log = logging.getLogger("tollgate.evm")
+
+MAX_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class VerifiedPayment:
+    """What the generic x402 rail needs to know about a verified payment."""
+
+    payer: str
+    pay_to: str
+    asset: str
+    network: str
+    amount: int
+    claim_key: str
+    detail: Verified
+
+
+class EvmNetwork:
+    def __init__(self, network: str, cfg: EvmNetworkConfig) -> None:
+        self.network = network
+        self.chain_id = evm_chain_id(network)
+        self.cfg = cfg
+        self.rpc = RpcClient(cfg.rpc_url)
+        self.reader = CachedChainReader(self.rpc, ttl_seconds=cfg.rpc_cache_seconds)
+        self.settler: Settler | None = None
+        self.facilitator: FacilitatorClient | None = None
+        if cfg.facilitator_url:
+            self.facilitator = FacilitatorClient(cfg.facilitator_url)
+        elif cfg.settler_key_env:
+            key = os.environ.get(cfg.settler_key_env)
+            if not key:
+                raise ConfigError(f"evm.{network}.settler_key_env: environment variable "
+                                  f"{cfg.settler_key_env} is not set")
+            try:
+                self.settler = Settler(self.rpc, key)
+            except ValueError:
+                raise ConfigError(f"evm.{network}.settler_key_env: {cfg.settler_key_env} is not "
+                                  "a valid private key") from None
+
+    async def aclose(self) -> None:
+        await self.rpc.aclose()
+        if self.facilitator:
+            await self.facilitator.aclose()
+
+
+class EvmChains:
+    """All configured EVM networks."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.networks = {net: EvmNetwork(net, cfg) for net, cfg in config.evm.items()}
+
+    async def check(self) -> None:
+        """Warn (not fail) when a node is down at start-up; refuse a wrong chain id."""
+        for net in self.networks.values():
+            try:
+                actual = await net.rpc.chain_id()
+            except RpcUnavailable as exc:
+                log.warning("EVM node for %s is unreachable at start-up: %s", net.network, exc)
+                continue
+            if actual != net.chain_id:
+                raise ConfigError(f"evm.{net.network}.rpc_url: the node reports chain id {actual}")
+
+    async def aclose(self) -> None:
+        for net in self.networks.values():
+            await net.aclose()
+
+    def network(self, network: str) -> EvmNetwork:
+        net = self.networks.get(network)
+        if net is None:
+            raise X402Error("invalid_network", f"network {network} is not configured")
+        return net
+
+    # -- the scheme interface used by the x402 rail --------------------------------------
+
+    rail_name = "x402-evm"
+
+    def requirements(self, priced: Priced) -> list[PaymentRequirements]:
+        pg = priced.paygate
+        out = []
+        for asset_id in pg.prices:
+            asset = self.config.assets[asset_id]
+            if not isinstance(asset, Eip3009Asset):
+                continue
+            amount = price_atomic(self.config, pg, asset_id) * priced.units
+            out.append(PaymentRequirements.model_validate({
+                "scheme": "exact", "network": asset.network, "amount": str(amount),
+                "asset": asset.address, "payTo": pg.pay_to["evm"],
+                "maxTimeoutSeconds": MAX_TIMEOUT_SECONDS,
+                "extra": {"name": asset.eip712_name, "version": asset.eip712_version}}))
+        return out
+
+    def verify(self, payment: PaymentPayload, req: PaymentRequirements, now: float) -> VerifiedPayment:
+        net = self.network(req.network)
+        v = verify_payment(payment, req, net.chain_id, int(now))
+        return VerifiedPayment(
+            payer=v.payer, pay_to=v.pay_to, asset=v.token, network=v.network, amount=v.value,
+            claim_key=f"{v.network}|{v.token.lower()}|{v.payer.lower()}|0x{v.nonce.hex()}",
+            detail=v)
+
+    async def check_chain(self, vp: VerifiedPayment) -> None:
+        try:
+            await check_chain_state(vp.detail, self.network(vp.network).reader)
+        except RpcUnavailable as exc:
+            raise Unavailable(f"chain RPC for {vp.network} is unavailable",
+                              code="chain_unavailable") from exc
+
+    async def settle(self, stored: dict[str, Any], on_submitted: Callable[[str], Awaitable[None]],
+                     ) -> SettleOutcome:
+        """Settle a stored payment (`{"payment": <payload dict>, "requirement": <req>}`)."""
+        net, req, token, auth, sig = self._from_stored(stored)
+        if net.facilitator is not None:
+            try:
+                resp = await net.facilitator.settle(stored["payment"], req,
+                                                    stored["payment"].get("x402Version", 2))
+            except FacilitatorUnavailable as exc:
+                return SettleOutcome("unknown", None, "settlement_pending", str(exc))
+            if resp.success:
+                return SettleOutcome("settled", resp.transaction or None)
+            return SettleOutcome("failed", resp.transaction or None,
+                                 resp.error_reason or "unexpected_settle_error")
+        assert net.settler is not None
+        try:
+            outcome = await net.settler.settle(token, auth, sig, on_submitted=on_submitted,
+                                               timeout=net.cfg.receipt_timeout_seconds)
+        except RpcUnavailable as exc:  # nothing was sent
+            return SettleOutcome("unknown", None, "settlement_pending", str(exc))
+        net.reader.forget_balance(token, auth.from_)
+        return outcome
+
+    async def reconcile(self, stored: dict[str, Any], tx_hash: str | None) -> SettleOutcome:
+        net, _req, token, auth, _sig = self._from_stored(stored)
+        if net.settler is not None:
+            return await net.settler.reconcile(token, auth.from_, auth.nonce, tx_hash)
+        try:
+            used = await net.rpc.authorization_state(token, auth.from_, auth.nonce)
+        except RpcUnavailable as exc:
+            return SettleOutcome("unknown", tx_hash, "settlement_pending", str(exc))
+        if used:
+            return SettleOutcome("settled", tx_hash)
+        return SettleOutcome("failed", tx_hash, "invalid_transaction_state")
+
+    def exposure_limit(self, network: str) -> int | None:
+        """Most unsettled value one payer may have under deferred settlement (atomic
+        units); None lets the rail use its default of ten prices."""
+        return self.network(network).cfg.deferred_exposure_limit or None
+
+    def still_valid(self, stored: dict[str, Any], now: float) -> bool:
+        """Could this authorization still be settled (a retry after a dropped attempt)?"""
+        _net, _req, _token, auth, _sig = self._from_stored(stored)
+        return auth.valid_before > now + 6
+
+    def _from_stored(self, stored: dict[str, Any]):
+        req = PaymentRequirements.model_validate(stored["requirement"])
+        net = self.network(req.network)
+        p = parse_exact_evm_payload(stored["payment"]["payload"])
+        a = p.authorization
+        auth = TransferAuthorization(a.from_, a.to, a.value, a.valid_after, a.valid_before, a.nonce)
+        return net, req, req.asset, auth, p.signature

@@ -1,0 +1,276 @@
+"""The x402 rail, for any chain scheme (EVM exact, Hedera exact).
+
+Per request: decode the payment header (v2 `PAYMENT-SIGNATURE` or v1 `X-PAYMENT`), match
+it to an offered requirement, verify it locally, look for an earlier claim, check chain
+state, then claim it in the store. The first request to claim a payment serves it; the
+same payment again gets the stored response (one origin call, one settlement).
+
+Settlement per paygate: `before` (settle, then forward), `after` (forward; settle when the
+origin answered below `charge_below_status`; if settlement fails the caller gets a 402
+instead of the origin's answer), `deferred` (forward; a background worker settles; the
+payer's unsettled total is bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Any, Mapping, Protocol
+
+from chains.evm.settle import SettleOutcome
+from chains.payments import NewPayment, PaymentRow, PaymentStore
+from chains.x402 import (
+    SettleResponse,
+    VerifyResponse,
+    X402Error,
+    decode_header,
+    encode_header,
+    parse_payment_header,
+    payment_identifier,
+    select_requirement,
+)
+from gateway.errors import Conflict
+from gateway.rails.base import Charge, Offer, PaidRequest, PaymentRejected, Priced, StoredResponse
+from store.clock import Clock
+
+log = logging.getLogger("tollgate.x402")
+
+PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
+DUPLICATE_WAIT_SECONDS = 30.0
+
+
+class Scheme(Protocol):
+    rail_name: str
+
+    def requirements(self, priced: Priced) -> list: ...
+    def verify(self, payment, req, now: float): ...
+    async def check_chain(self, verified) -> None: ...
+    async def settle(self, stored: dict[str, Any], on_submitted) -> SettleOutcome: ...
+    async def reconcile(self, stored: dict[str, Any], tx_hash: str | None) -> SettleOutcome: ...
+    def still_valid(self, stored: dict[str, Any], now: float) -> bool: ...
+    def exposure_limit(self, network: str) -> int | None: ...
+
+
+class _Handle:
+    """The rail's reference to a claimed payment during one request."""
+
+    def __init__(self, row_id: str, priced: Priced | None, network: str, payer: str,
+                 stored: dict[str, Any]) -> None:
+        self.row_id = row_id
+        self.priced = priced
+        self.network = network
+        self.payer = payer
+        self.stored = stored
+        self.receipt: dict[str, str] = {}
+
+
+def _receipt_headers(resp: SettleResponse) -> dict[str, str]:
+    value = encode_header(resp)
+    return {"PAYMENT-RESPONSE": value, "X-PAYMENT-RESPONSE": value}
+
+
+def fingerprint(decoded: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(decoded, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+class X402Rail:
+    def __init__(self, scheme: Scheme, store: PaymentStore, clock: Clock) -> None:
+        self.name = scheme.rail_name
+        self.scheme = scheme
+        self.store = store
+        self.clock = clock
+        self._inflight: set[asyncio.Task] = set()
+
+    def offer(self, priced: Priced) -> Offer:
+        return Offer(accepts=self.scheme.requirements(priced))
+
+    def carries_payment(self, headers: Mapping[str, str]) -> bool:
+        return any(h in headers for h in PAYMENT_HEADERS)
+
+    async def accept(self, request: PaidRequest, priced: Priced) -> Charge | StoredResponse:
+        raw = next(request.headers[h] for h in PAYMENT_HEADERS if h in request.headers)
+        try:
+            payment = parse_payment_header(raw)
+            req = select_requirement(payment, self.scheme.requirements(priced))
+            pid = payment_identifier(payment.extensions)
+            vp = self.scheme.verify(payment, req, self.clock.now())
+        except X402Error as exc:
+            raise PaymentRejected(exc.reason, exc.message) from None
+        decoded = decode_header(raw)
+        fp = fingerprint({k: v for k, v in decoded.items() if k != "resource"})
+        pg = priced.paygate
+        existing = await self.store.find(vp.claim_key, pg.id, pid)
+        if existing is not None:
+            return await self._duplicate(existing, fp, pg.id)
+        try:
+            await self.scheme.check_chain(vp)
+        except X402Error as exc:
+            raise PaymentRejected(exc.reason, exc.message) from None
+        stored = {"payment": decoded, "requirement": req.to_wire()}
+        deferred = pg.settlement == "deferred"
+        limit = (self.scheme.exposure_limit(vp.network) or 10 * int(req.amount)) if deferred else None
+        row_id = await self.store.claim(NewPayment(
+            claim_key=vp.claim_key, payment_identifier=pid, fingerprint=fp, rail=self.name,
+            paygate_id=pg.id, network=vp.network, asset=vp.asset, payer=vp.payer,
+            pay_to=vp.pay_to, amount=vp.amount, settlement=pg.settlement, payload=stored), limit)
+        if row_id is None:
+            existing = await self.store.find(vp.claim_key, pg.id, pid)
+            if existing is not None:
+                return await self._duplicate(existing, fp, pg.id)
+            raise PaymentRejected("deferred_exposure_exceeded",
+                                  "this payer has too much unsettled value; retry once it settles")
+        handle = _Handle(row_id, priced, vp.network, vp.payer, stored)
+        charge = Charge(rail=self.name, payer=vp.payer, x_payment=raw, x_payment_response="",
+                        ref=handle)
+        if pg.settlement == "before":
+            outcome = await self._settle(handle, ("verified",))
+            if outcome.state == "failed":
+                raise PaymentRejected(outcome.reason or "unexpected_settle_error",
+                                      f"settlement failed: {outcome.detail or outcome.reason}")
+            charge.x_payment_response = handle.receipt["PAYMENT-RESPONSE"]
+        else:
+            charge.x_payment_response = encode_header(VerifyResponse.model_validate(
+                {"isValid": True, "payer": vp.payer}))
+        return charge
+
+    async def _duplicate(self, row: PaymentRow, fp: str, paygate_id: str) -> StoredResponse:
+        if row.paygate_id != paygate_id:
+            raise PaymentRejected("invalid_exact_evm_nonce_already_used",
+                                  "this payment was already used")
+        if row.fingerprint != fp:
+            if row.payment_identifier:
+                raise Conflict("payment identifier was already used with a different payment",
+                               code="payment_identifier_conflict")
+            raise PaymentRejected("invalid_exact_evm_nonce_already_used",
+                                  "this authorization nonce was already used")
+        stored = await self.store.wait_response(row.id, DUPLICATE_WAIT_SECONDS)
+        if stored is None:
+            raise Conflict("this payment is still being served; retry shortly",
+                           code="payment_in_flight", headers={"Retry-After": "1"})
+        return StoredResponse(stored.status, stored.headers, stored.body, stored.complete)
+
+    async def complete(self, charge: Charge, status: int) -> dict[str, str]:
+        h: _Handle = charge.ref
+        pg = h.priced.paygate
+        if pg.settlement == "before":
+            return h.receipt
+        if status >= pg.charge_below_status:
+            await self.store.transition(h.row_id, "verified", "void",
+                                        error=f"origin answered {status}")
+            return _receipt_headers(SettleResponse(
+                success=False, network=h.network, payer=h.payer,
+                error_reason="not_settled_origin_failed"))
+        if pg.settlement == "deferred":
+            await self.store.transition(h.row_id, "verified", "queued")
+            return _receipt_headers(SettleResponse(success=True, network=h.network, payer=h.payer))
+        outcome = await self._settle(h, ("verified",))
+        if outcome.state == "failed":
+            raise PaymentRejected(outcome.reason or "unexpected_settle_error",
+                                  f"settlement failed: {outcome.detail or outcome.reason}")
+        return h.receipt
+
+    async def record(self, charge: Charge, response: StoredResponse) -> None:
+        h: _Handle = charge.ref
+        await self.store.store_response(h.row_id, response.status, response.headers,
+                                        response.body, response.complete)
+
+    async def _settle(self, h: _Handle, from_states: tuple[str, ...]) -> SettleOutcome:
+        """Settle now, recording each step so a crash leaves a state the worker resolves."""
+        if not await self.store.transition(h.row_id, from_states, "settling"):
+            row = await self.store.get(h.row_id)
+            raise Conflict(f"payment is already {row.state if row else 'gone'}",
+                           code="payment_in_flight")
+
+        async def submitted(tx_hash: str) -> None:
+            await self.store.set_tx_hash(h.row_id, tx_hash)
+
+        task = asyncio.ensure_future(self.scheme.settle(h.stored, submitted))
+        self._inflight.add(task)
+        try:
+            # Shielded: a client that goes away must not abandon a sent transaction.
+            outcome = await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._inflight.discard(task)
+        await self._record_outcome(h.row_id, "settling", outcome)
+        h.receipt = _receipt_headers(SettleResponse(
+            success=outcome.state != "failed", transaction=outcome.tx_hash or "",
+            network=h.network, payer=h.payer,
+            error_reason=outcome.reason if outcome.state == "failed" else None))
+        return outcome
+
+    async def _record_outcome(self, row_id: str, old: str, outcome: SettleOutcome) -> None:
+        if outcome.state == "unknown":
+            log.warning("settlement of %s is unknown (%s); the worker will reconcile it",
+                        row_id, outcome.detail or outcome.reason)
+        await self.store.transition(row_id, old, outcome.state, tx_hash=outcome.tx_hash,
+                                    error=outcome.reason if outcome.state != "settled" else None)
+
+    # -- background settlement: deferred queue, unknown outcomes, crashed attempts --------
+
+    async def work_once(self, *, stale_after: float = 120.0, abandoned_after: float = 900.0) -> int:
+        """One pass of the settlement worker; returns how many payments it touched."""
+        touched = 0
+        # `verified` long after the request would have finished: the process died between
+        # serving and settling. Served (a response is stored) -> settle; else -> void.
+        for row in await self.store.lease(["verified"], lease_seconds=60, limit=20,
+                                          older_than=abandoned_after):
+            touched += 1
+            if await self.store.response(row.id) is not None:
+                await self._settle(_Handle(row.id, None, row.network, row.payer, row.payload),
+                                   ("verified",))
+            else:
+                await self.store.transition(row.id, "verified", "void", error="abandoned")
+        for row in await self.store.lease(["queued"], lease_seconds=60, limit=20):
+            await self._settle(_Handle(row.id, None, row.network, row.payer, row.payload),
+                               ("queued",))
+            touched += 1
+        unknown = await self.store.lease(["unknown"], lease_seconds=60, limit=20, older_than=5)
+        # A row still `settling` long after any receipt wait would have ended belongs to a
+        # process that died mid-settlement.
+        crashed = await self.store.lease(["settling"], lease_seconds=60, limit=20,
+                                         older_than=stale_after)
+        for row in unknown + crashed:
+            touched += 1
+            outcome = await self.scheme.reconcile(row.payload, row.tx_hash)
+            if outcome.state == "failed" and self.scheme.still_valid(row.payload, self.clock.now()):
+                # The attempt died (never mined, or a crash before sending) and the
+                # authorization is still unused and valid: settle it again. The token
+                # refuses a used nonce, so this can never pay twice.
+                if row.state == "settling":
+                    await self.store.transition(row.id, "settling", "unknown")
+                await self._settle(_Handle(row.id, None, row.network, row.payer, row.payload),
+                                   ("unknown",))
+            elif outcome.state != "unknown":
+                await self._record_outcome(row.id, row.state, outcome)
+            else:
+                await self.store.release(row.id)
+        return touched
+
+    def start(self, interval: float = 1.0) -> None:
+        """Run the settlement worker in the background until `aclose`."""
+        async def loop() -> None:
+            while True:
+                try:
+                    busy = await self.work_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bad pass must not kill the worker; it retries
+                    log.exception("settlement worker pass failed")
+                    busy = 0
+                if not busy:
+                    await asyncio.sleep(interval)
+        self._worker = asyncio.create_task(loop(), name=f"{self.name}-settlement")
+
+    async def aclose(self) -> None:
+        """Stop the worker, then let settlements already sent finish (graceful shutdown)."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=30)
+
