@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("httpx", "httpcore", "aiohttp.access" if args.command == "demo" else ""):
+        if chatty:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
     except ConfigError as exc:

@@ -19,6 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_devnet)
 
+    p = sub.add_parser("demo", help="devnet + sample origin + gateway, and a paid walkthrough")
+    p.add_argument("--port", type=int, default=8402, help="gateway port (default 8402)")
+    p.add_argument("--once", action="store_true", help="exit after the walkthrough")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("pay", help="call a URL, paying its 402 with x402")
     p.add_argument("url")
     p.add_argument("-X", "--method", default="GET")
@@ -50,6 +55,12 @@ def cmd_devnet(args) -> int:
     finally:
         devnet.stop()
     return 0
+
+
+def cmd_demo(args) -> int:
+    from gateway.demo.walkthrough import run
+
+    return asyncio.run(run(port=args.port, once=args.once))
 
 
 def _print_devnet(info: dict) -> None:

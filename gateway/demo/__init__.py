@@ -1,0 +1,1 @@
+"""The demo: a sample origin (SkyRoute) and a walkthrough of paid calls through the gateway."""

@@ -1,0 +1,188 @@
+"""`tollgate demo`: a local devnet, the SkyRoute origin and the gateway on SQLite, then a
+walkthrough of what a caller sees, step by step. The gateway keeps serving afterwards
+(until Ctrl-C) unless `--once`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from chains.x402 import decode_header
+
+SETTLER_ENV = "TOLLGATE_DEMO_SETTLER_KEY"
+SECRET_ENV = "TOLLGATE_DEMO_SKYROUTE_SECRET"
+
+
+def demo_config(devnet, origin_url: str, port: int, workdir: Path) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "allow_private_targets": True},
+        "database": {"url": f"sqlite+aiosqlite:///{workdir / 'tollgate.db'}",
+                     "master_key_file": str(workdir / "master.key"),
+                     "master_key_env": "TOLLGATE_DEMO_MASTER_KEY"},
+        "assets": {"usdc": {"type": "eip3009", "network": devnet.network,
+                            "address": devnet.token_address, "decimals": 6,
+                            "eip712_name": devnet.token_name,
+                            "eip712_version": devnet.token_version}},
+        "evm": {devnet.network: {"rpc_url": devnet.rpc_url, "settler_key_env": SETTLER_ENV}},
+        "paygates": [{
+            "id": "skyroute", "prefix": "/skyroute", "target": origin_url,
+            "description": "SkyRoute flights, hotels, holds and bookings",
+            "rails": ["x402-evm"], "prices": {"usdc": "0.001"},
+            "pay_to": {"evm": devnet.merchant.address}, "default_units": 1,
+            "rules": [{"method": "GET", "path": "/v1/flights*", "units": 1},
+                      {"method": "GET", "path": "/v1/hotels*", "units": 1},
+                      {"method": "POST", "path": "/v1/holds", "units": 10},
+                      {"method": "POST", "path": "/v1/bookings", "units": 25}],
+            "origin_auth": {"mode": "hmac", "secret_env": SECRET_ENV},
+        }],
+    }
+
+
+def _toml(config: dict[str, Any]) -> str:
+    """Just enough TOML for the demo config (written so a person can read and reuse it)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = []
+    for section in ("server", "database"):
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in config[section].items()]
+        lines.append("")
+    for name, asset in config["assets"].items():
+        lines.append(f"[assets.{name}]")
+        lines += [f"{k} = {value(v)}" for k, v in asset.items()]
+        lines.append("")
+    for net, cfg in config["evm"].items():
+        lines.append(f'[evm."{net}"]')
+        lines += [f"{k} = {value(v)}" for k, v in cfg.items()]
+        lines.append("")
+    for pg in config["paygates"]:
+        lines.append("[[paygates]]")
+        lines += [f"{k} = {value(v)}" for k, v in pg.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def say(self, title: str, detail: str = "") -> None:
+        self.n += 1
+        print(f"\n[{self.n}] {title}", flush=True)
+        if detail:
+            for line in detail.splitlines():
+                print(f"    {line}", flush=True)
+
+
+async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/demo")) -> int:
+    from chains.evm.devnet import EvmDevnet
+    from gateway.app import create_app
+    from gateway.client import PayingClient
+    from gateway.config import parse_config
+    from gateway.demo.skyroute import create_origin
+
+    if workdir.exists():
+        shutil.rmtree(workdir)  # a fresh chain needs a fresh ledger
+    workdir.mkdir(parents=True)
+    steps = Steps()
+    devnet = await asyncio.to_thread(EvmDevnet.start, payers=1)
+    runners: list[web.AppRunner] = []
+    try:
+        secret = secrets.token_urlsafe(32)
+        os.environ[SECRET_ENV] = secret
+        os.environ[SETTLER_ENV] = devnet.settler.private_key
+        origin_port = _free_port(9001)
+        runners.append(await _serve(create_origin([secret]), origin_port))
+        origin_url = f"http://127.0.0.1:{origin_port}"
+        port = _free_port(port)
+        config_dict = demo_config(devnet, origin_url, port, workdir)
+        (workdir / "tollgate.toml").write_text(_toml(config_dict))
+        runners.append(await _serve(create_app(parse_config(config_dict)), port))
+        gw = f"http://127.0.0.1:{port}"
+        payer = devnet.payers[0]
+        steps.say("Started a local devnet, the SkyRoute origin and the gateway", "\n".join([
+            f"anvil       {devnet.rpc_url} ({devnet.network}), test USDC {devnet.token_address}",
+            f"SkyRoute    {origin_url} (accepts only gateway-signed requests)",
+            f"gateway     {gw} (config written to {workdir / 'tollgate.toml'})",
+            f"payer       {payer.address}",
+        ]))
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.get(gw + "/healthz")
+            steps.say("Health", f"GET /healthz -> {r.status_code} {r.text}")
+            r = await http.get(origin_url + "/v1/flights")
+            steps.say("Calling SkyRoute directly, without the gateway",
+                      f"GET {origin_url}/v1/flights -> {r.status_code} {r.json()['error']}")
+            r = await http.get(gw + "/skyroute/v1/flights")
+            offer = decode_header(r.headers["PAYMENT-REQUIRED"], max_len=65536)["accepts"][0]
+            steps.say("Calling through the gateway without paying", (
+                f"GET /skyroute/v1/flights -> {r.status_code}\n"
+                f"PAYMENT-REQUIRED: {offer['amount']} atomic units of {offer['asset']} "
+                f"on {offer['network']} to {offer['payTo']}"))
+        async with PayingClient(evm_key=payer.private_key, spend_limit=100_000) as client:
+            r = await client.get(gw + "/skyroute/v1/flights")
+            receipt = client.last_receipt or {}
+            steps.say("Paying with x402 on the local chain", (
+                f"GET /skyroute/v1/flights -> {r.status_code}, {len(r.json()['flights'])} flights\n"
+                f"receipt: success={receipt.get('success')} tx={receipt.get('transaction')}"))
+            costs = []
+            for method, path in (("GET", "/v1/hotels"), ("POST", "/v1/holds"),
+                                 ("POST", "/v1/bookings")):
+                before = client.spent.total(devnet.token_address)
+                r = await client.request(method, gw + "/skyroute" + path)
+                paid = client.spent.total(devnet.token_address) - before
+                costs.append(f"{method:4} {path:13} -> {r.status_code}, paid {paid} "
+                             f"atomic units ({paid // 1000} units)")
+            steps.say("Per-route costs (1 unit = 0.001 USDC)", "\n".join(costs))
+            steps.say("Spent in total",
+                      f"{client.spent.total(devnet.token_address)} atomic units of test USDC")
+        if once:
+            return 0
+        print(f"\nThe gateway keeps serving on {gw} — try:\n"
+              f"    .venv/bin/tollgate pay {gw}/skyroute/v1/flights --key {payer.private_key}\n"
+              "Ctrl-C to stop.", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        await asyncio.to_thread(devnet.stop)
+
+
+async def _serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
