@@ -103,6 +103,8 @@ def _lifecycle(config: Config, clock: Clock):
                     await close()
             if gw_state is not None and gw_state.evm is not None:
                 await gw_state.evm.aclose()
+            if gw_state is not None and gw_state.hedera is not None:
+                await gw_state.hedera.aclose()
             await http.close()
             await engine.dispose()
     return ctx

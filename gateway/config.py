@@ -196,6 +196,7 @@ class HederaConfig(_Model):
     private_key_env: str
     mirror_ttl_seconds: float = Field(10, gt=0)
     pull_interval_seconds: float = Field(30, gt=0)
+    session_ttl_seconds: float = Field(86400, gt=0)
 
     _url = field_validator("mirror_url")(_check_http_url)
 

@@ -30,6 +30,7 @@ class Gateway:
     http: aiohttp.ClientSession
     rails: dict[str, Rail] = field(default_factory=dict)
     evm: Any = None  # gateway.rails.evm.EvmChains when [evm] networks are configured
+    hedera: Any = None  # gateway.rails.registry.HederaLink when a Hedera rail is configured
     _secrets: dict[str, tuple[float, OriginSecrets]] = field(default_factory=dict)
 
     async def origin_secrets(self, paygate_id: str) -> OriginSecrets:

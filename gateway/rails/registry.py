@@ -43,6 +43,39 @@ async def evm_chains(gw: "Gateway"):
     return gw.evm
 
 
+async def hedera_link(gw: "Gateway"):
+    """The gateway's Hedera account and mirror client (shared by the Hedera rails and the
+    session API), built once. Imports the Hedera SDK: only called when a rail needs it."""
+    if gw.hedera is None:
+        import os
+
+        from chains.hedera.mirror import MirrorClient
+        from chains.hedera.network import HederaNetwork
+
+        cfg = gw.config.hedera
+        assert cfg is not None  # config validation requires [hedera] for these rails
+        key = os.environ.get(cfg.private_key_env)
+        if not key:
+            raise ConfigError(f"hedera.private_key_env: environment variable "
+                              f"{cfg.private_key_env} is not set")
+        try:
+            network = HederaNetwork(network=cfg.network, nodes=cfg.nodes,
+                                    account_id=cfg.account_id, private_key=key)
+        except ValueError as exc:
+            raise ConfigError(f"hedera.private_key_env: {exc}") from None
+        gw.hedera = HederaLink(network, MirrorClient(cfg.mirror_url))
+    return gw.hedera
+
+
+class HederaLink:
+    def __init__(self, network, mirror) -> None:
+        self.network = network
+        self.mirror = mirror
+
+    async def aclose(self) -> None:
+        await self.mirror.aclose()
+
+
 _FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {
     "x402-evm": _x402_evm,
 }
