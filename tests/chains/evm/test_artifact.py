@@ -1,0 +1,42 @@
+"""The committed TestUSDC artifact must be exactly what the source compiles to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chains.evm.devnet import ARTIFACT, CONTRACT_SOURCE, load_artifact
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_artifact_hash_matches_source():
+    artifact = json.loads(ARTIFACT.read_text())
+    assert artifact["sourceSha256"] == hashlib.sha256(CONTRACT_SOURCE.read_bytes()).hexdigest()
+    load_artifact()  # the devnet's own staleness check agrees
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (REPO_ROOT / "node_modules" / "solc").exists(),
+    reason="node or npm solc missing (run npm ci)",
+)
+def test_recompiling_reproduces_the_committed_artifact():
+    fresh = subprocess.run(
+        ["node", str(REPO_ROOT / "chains" / "evm" / "compile.mjs"), "--stdout"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert fresh == ARTIFACT.read_text()
+
+
+def test_stale_artifact_is_refused(tmp_path):
+    source = tmp_path / "TestUSDC.sol"
+    source.write_bytes(CONTRACT_SOURCE.read_bytes() + b"\n// edited\n")
+    from chains.evm.devnet import DevnetError
+
+    with pytest.raises(DevnetError, match="stale"):
+        load_artifact(ARTIFACT, source)
