@@ -14,7 +14,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import facilitator, health, proxy
+from gateway import facilitator, health, proxy, sessions_api
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
 from gateway.rails.registry import build_rails, evm_chains
@@ -114,5 +114,6 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     """The full gateway: built-in routes, then the proxy catch-all."""
     app = build_app(config, clock=clock)
     facilitator.add_routes(app)
+    sessions_api.add_routes(app)
     add_proxy_routes(app)
     return app

@@ -37,6 +37,8 @@ def _create(*names: str) -> Callable[[Connection], None]:
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
+    Migration(3, "Hedera allowance sessions", _create(
+        "session_nonces", "sessions", "session_charges", "session_pulls")),
 ]
 
 

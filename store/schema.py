@@ -80,3 +80,74 @@ payment_responses = Table(
     Column("complete", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# --- Hedera allowance sessions (sessions package) ---------------------------------------
+
+# Activation nonces: issued to an account, proven by an approval memo or a signature.
+session_nonces = Table(
+    "session_nonces", metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("paygate_id", String(64), nullable=False),
+    Column("account_id", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+
+# One row per session. `allowance` is what the mirror showed at `mirror_at`; `outstanding`
+# is what was charged since and is not yet visible on the mirror (unpulled charges, and
+# pulls the mirror has not ingested). A call may be charged while
+# allowance - outstanding >= price.
+sessions = Table(
+    "sessions", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("paygate_id", String(64), nullable=False),
+    Column("owner", String(32), nullable=False),
+    Column("spender", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("allowance", BigInteger, nullable=False),
+    Column("outstanding", BigInteger, nullable=False),
+    Column("spent", BigInteger, nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("mirror_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("lease_until", Float, nullable=True),
+)
+
+# Each charged call; the (session, idempotency key) pair is the idempotency claim.
+session_charges = Table(
+    "session_charges", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("session_id", String(32), nullable=False, index=True),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | kept | reversed
+    Column("pull_id", String(32), nullable=True, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("headers", Text, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    UniqueConstraint("session_id", "idempotency_key", name="uq_session_charges_key"),
+)
+
+# Approved transfers that collect kept charges on chain. Bytes and id are stored before
+# the first submission, so a retry resubmits the very same transaction.
+session_pulls = Table(
+    "session_pulls", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("session_id", String(32), nullable=False, index=True),
+    Column("owner", String(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("tx_id", String(64), nullable=False, unique=True),
+    Column("tx_bytes", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("valid_until", Float, nullable=False),
+    Column("error", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+)

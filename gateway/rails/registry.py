@@ -76,6 +76,15 @@ class HederaLink:
         await self.mirror.aclose()
 
 
+async def _hedera_session(gw: "Gateway") -> Rail:
+    from gateway.rails.session import SessionRail
+
+    rail = SessionRail(gw, await hedera_link(gw))
+    rail.start()
+    return rail
+
+
 _FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {
     "x402-evm": _x402_evm,
+    "hedera-session": _hedera_session,
 }

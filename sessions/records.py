@@ -1,0 +1,281 @@
+"""Stored session records: activation nonces, sessions and their state, pulls.
+
+Every state change is a conditional `UPDATE ... WHERE state IN (...)`, so two gateway
+instances racing on the same row cannot both move it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Iterable
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sessions.lifecycle import (
+    PULL_TRANSITIONS,
+    SESSION_TRANSITIONS,
+    UNRECONCILED_PULLS,
+    can_transition,
+    hash_token,
+)
+from store.clock import Clock
+from store.schema import session_charges, session_nonces, session_pulls, sessions
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    paygate_id: str
+    owner: str
+    spender: str
+    state: str
+    allowance: int
+    outstanding: int
+    spent: int
+    calls: int
+    created_at: float
+    expires_at: float
+    mirror_at: float
+
+    @property
+    def available(self) -> int:
+        return max(self.allowance - self.outstanding, 0)
+
+    @classmethod
+    def from_row(cls, r) -> "Session":
+        return cls(r.id, r.paygate_id, r.owner, r.spender, r.state, int(r.allowance),
+                   int(r.outstanding), int(r.spent), int(r.calls), r.created_at, r.expires_at,
+                   r.mirror_at)
+
+
+@dataclass(frozen=True)
+class Pull:
+    id: str
+    session_id: str
+    owner: str
+    amount: int
+    tx_id: str
+    tx_bytes: bytes
+    state: str
+    valid_until: float
+
+    @classmethod
+    def from_row(cls, r) -> "Pull":
+        return cls(r.id, r.session_id, r.owner, int(r.amount), r.tx_id, bytes(r.tx_bytes),
+                   r.state, r.valid_until)
+
+
+class SessionRecords:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    # -- activation nonces ------------------------------------------------------------
+
+    async def issue_nonce(self, paygate_id: str, account_id: str, ttl: float) -> tuple[str, float]:
+        nonce = secrets.token_hex(16)
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(session_nonces).values(
+                nonce=nonce, paygate_id=paygate_id, account_id=account_id, created_at=now,
+                expires_at=now + ttl, used_at=None))
+        return nonce, now + ttl
+
+    async def nonce(self, nonce: str):
+        async with self._engine.connect() as conn:
+            return (await conn.execute(select(session_nonces).where(
+                session_nonces.c.nonce == nonce))).first()
+
+    async def create_session(self, *, nonce: str, token: str, paygate_id: str, owner: str,
+                             spender: str, allowance: int, ttl: float) -> Session | None:
+        """Spend the nonce and open the session in one transaction; None if the nonce was
+        already spent (a replayed activation)."""
+        now = self._clock.now()
+        sid = secrets.token_hex(16)
+        async with self._engine.begin() as conn:
+            used = await conn.execute(update(session_nonces).where(
+                session_nonces.c.nonce == nonce, session_nonces.c.used_at.is_(None),
+                session_nonces.c.expires_at > now).values(used_at=now))
+            if used.rowcount != 1:
+                return None
+            await conn.execute(insert(sessions).values(
+                id=sid, token_hash=hash_token(token), paygate_id=paygate_id, owner=owner,
+                spender=spender, state="active", allowance=allowance, outstanding=0, spent=0,
+                calls=0, created_at=now, expires_at=now + ttl, mirror_at=now, ended_at=None,
+                lease_until=None))
+        return await self.get(sid)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> Session | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+        return Session.from_row(row) if row else None
+
+    async def by_token(self, token: str) -> Session | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(sessions).where(
+                sessions.c.token_hash == hash_token(token)))).first()
+        return Session.from_row(row) if row else None
+
+    async def move(self, session_id: str, new: str, *, only_from: Iterable[str] | None = None) -> bool:
+        """Change state if the table allows it from the current state."""
+        olds = [s for s in (only_from or SESSION_TRANSITIONS)
+                if can_transition(SESSION_TRANSITIONS, s, new)]
+        values: dict = {"state": new}
+        if new in ("revoked", "expired", "ended"):
+            values["ended_at"] = self._clock.now()
+        async with self._engine.begin() as conn:
+            res = await conn.execute(update(sessions).where(
+                sessions.c.id == session_id, sessions.c.state.in_(olds)).values(**values))
+        return res.rowcount == 1
+
+    async def lease_live(self, lease_seconds: float, limit: int, older_than: float) -> list[Session]:
+        """Live sessions whose mirror view is older than `older_than` seconds, leased so
+        only one instance refreshes each."""
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            ids = (await conn.execute(select(sessions.c.id).where(
+                sessions.c.state.in_(("active", "exhausted")),
+                sessions.c.mirror_at <= now - older_than,
+                or_(sessions.c.lease_until.is_(None), sessions.c.lease_until < now))
+                .order_by(sessions.c.mirror_at).limit(limit))).scalars().all()
+            if not ids:
+                return []
+            rows = (await conn.execute(update(sessions).where(
+                sessions.c.id.in_(ids),
+                or_(sessions.c.lease_until.is_(None), sessions.c.lease_until < now))
+                .values(lease_until=now + lease_seconds).returning(*sessions.c))).all()
+        return [Session.from_row(r) for r in rows]
+
+    async def apply_mirror(self, session_id: str, *, allowance: int | None,
+                           reconciled_pull_ids: list[str], unit_price: int) -> Session | None:
+        """Record a mirror read: the allowance now (None = revoked) and the pulls it already
+        reflects (their amounts leave `outstanding`, in the same transaction)."""
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            reconciled = 0
+            if reconciled_pull_ids:
+                rows = (await conn.execute(update(session_pulls).where(
+                    session_pulls.c.id.in_(reconciled_pull_ids),
+                    session_pulls.c.state == "succeeded")
+                    .values(state="reconciled", updated_at=now)
+                    .returning(session_pulls.c.amount))).all()
+                reconciled = sum(int(r.amount) for r in rows)
+            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+            if row is None:
+                return None
+            state = row.state
+            if state in ("active", "exhausted"):
+                if allowance is None:
+                    state = "revoked"
+                elif row.expires_at <= now:
+                    state = "expired"
+                else:
+                    left = allowance - (int(row.outstanding) - reconciled)
+                    state = "active" if left >= unit_price else "exhausted"
+            values = dict(allowance=allowance if allowance is not None else 0,
+                          outstanding=sessions.c.outstanding - reconciled, mirror_at=now,
+                          lease_until=None, state=state)
+            if state in ("revoked", "expired") and row.state not in ("revoked", "expired"):
+                values["ended_at"] = now
+            await conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+        return await self.get(session_id)
+
+    async def release(self, session_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(sessions).where(sessions.c.id == session_id)
+                               .values(lease_until=None))
+
+    # -- pulls ----------------------------------------------------------------------------
+
+    async def sessions_to_pull(self, older_than: float, limit: int = 50) -> list[str]:
+        """Sessions with kept charges not yet in a pull, the oldest charged before
+        `older_than` (unix time). Revoked sessions have nothing left to pull from."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(session_charges.c.session_id)
+                .join(sessions, sessions.c.id == session_charges.c.session_id)
+                .where(session_charges.c.state == "kept", session_charges.c.pull_id.is_(None),
+                       sessions.c.state != "revoked")
+                .group_by(session_charges.c.session_id)
+                .having(func.min(session_charges.c.created_at) <= older_than)
+                .limit(limit))).scalars().all()
+        return list(rows)
+
+    async def unpulled(self, session_id: str, cutoff: float) -> int:
+        async with self._engine.connect() as conn:
+            total = (await conn.execute(select(func.coalesce(func.sum(session_charges.c.amount), 0))
+                     .where(session_charges.c.session_id == session_id,
+                            session_charges.c.state == "kept",
+                            session_charges.c.pull_id.is_(None),
+                            session_charges.c.created_at <= cutoff))).scalar_one()
+        return int(total)
+
+    async def prepare_pull(self, *, session_id: str, owner: str, amount: int, cutoff: float,
+                           tx_id: str, tx_bytes: bytes, valid_until: float) -> str | None:
+        """Store the signed pull and tie the charges it collects to it, before anything is
+        submitted. None (nothing stored) if the charges changed since `amount` was summed."""
+        now = self._clock.now()
+        pid = secrets.token_hex(16)
+
+        class _Changed(Exception):
+            pass
+
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(session_pulls).values(
+                    id=pid, session_id=session_id, owner=owner, amount=amount, tx_id=tx_id,
+                    tx_bytes=tx_bytes, state="prepared", valid_until=valid_until, error=None,
+                    created_at=now, updated_at=now, lease_until=None))
+                rows = (await conn.execute(update(session_charges).where(
+                    session_charges.c.session_id == session_id,
+                    session_charges.c.state == "kept", session_charges.c.pull_id.is_(None),
+                    session_charges.c.created_at <= cutoff).values(pull_id=pid)
+                    .returning(session_charges.c.amount))).all()
+                if sum(int(r.amount) for r in rows) != amount:
+                    raise _Changed
+        except _Changed:
+            return None
+        return pid
+
+    async def move_pull(self, pull_id: str, old: str | Iterable[str], new: str,
+                        error: str | None = None) -> bool:
+        olds = [old] if isinstance(old, str) else list(old)
+        olds = [o for o in olds if can_transition(PULL_TRANSITIONS, o, new)]
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            res = await conn.execute(update(session_pulls).where(
+                session_pulls.c.id == pull_id, session_pulls.c.state.in_(olds))
+                .values(state=new, error=error, updated_at=now, lease_until=None))
+            if res.rowcount == 1 and new == "failed":
+                # The charges go back to the pool for the next pull.
+                await conn.execute(update(session_charges).where(
+                    session_charges.c.pull_id == pull_id).values(pull_id=None))
+        return res.rowcount == 1
+
+    async def lease_pulls(self, states: Iterable[str], lease_seconds: float, limit: int,
+                          older_than: float = 0) -> list[Pull]:
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            ids = (await conn.execute(select(session_pulls.c.id).where(
+                session_pulls.c.state.in_(list(states)),
+                session_pulls.c.updated_at <= now - older_than,
+                or_(session_pulls.c.lease_until.is_(None), session_pulls.c.lease_until < now))
+                .limit(limit))).scalars().all()
+            if not ids:
+                return []
+            rows = (await conn.execute(update(session_pulls).where(
+                session_pulls.c.id.in_(ids),
+                or_(session_pulls.c.lease_until.is_(None), session_pulls.c.lease_until < now))
+                .values(lease_until=now + lease_seconds).returning(*session_pulls.c))).all()
+        return [Pull.from_row(r) for r in rows]
+
+    async def pulls(self, session_id: str, states: Iterable[str] = UNRECONCILED_PULLS) -> list[Pull]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(session_pulls).where(
+                and_(session_pulls.c.session_id == session_id,
+                     session_pulls.c.state.in_(list(states)))))).all()
+        return [Pull.from_row(r) for r in rows]
