@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,9 +59,16 @@ def paywall_html(body: dict[str, Any]) -> str:
             f"tinybars per unit &mdash; <a href=\"{html.escape(session.get('wallet_url', '/'))}\">"
             "open the wallet page</a></li>")
     resource = body.get("resource", {})
-    data = json.dumps(body).replace("</", "<\\/")
-    return (template
-            .replace("{{resource}}", html.escape(resource.get("url", "")))
-            .replace("{{description}}", html.escape(resource.get("description", "")))
-            .replace("{{options}}", "\n".join(rows) or "<li>No payment option is configured.</li>")
-            .replace("{{challenge_json}}", data))
+    # Inside <script> no "<" may appear at all ("</script>" ends it, "<!--" can stop the
+    # closing tag from doing so): JSON's \u escapes keep the data identical.
+    data = (json.dumps(body).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+    values = {
+        "resource": html.escape(resource.get("url", "")),
+        "description": html.escape(resource.get("description", "")),
+        "options": "\n".join(rows) or "<li>No payment option is configured.</li>",
+        "challenge_json": data,
+    }
+    # One pass, so a placeholder spelled inside a value is never substituted.
+    return re.sub(r"\{\{(resource|description|options|challenge_json)\}\}",
+                  lambda m: values[m.group(1)], template)

@@ -29,7 +29,7 @@ _CALLER_MUST_NOT_SET = frozenset({
     "x-hedera-session-id", "sigwei-auth-signature", "sigwei-secret",
     "x-forwarded-proto", "x-forwarded-host", "forwarded",
 })
-_GATEWAY_PREFIXES = ("x-tollgate-",)
+_GATEWAY_PREFIXES = ("x-tollgate-", "sigwei-")
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e]*")

@@ -15,17 +15,17 @@ import asyncio
 import hashlib
 import json
 import logging
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway import forward
 from gateway.challenge import challenge, paywall_html, wants_html
 from gateway.errors import NotFound, BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from gateway.origin_headers import origin_auth_headers
 from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
-from gateway.routing import Match, has_dot_segments
+from gateway.routing import Match, has_dot_segments, strip_prefix
 from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("tollgate.proxy")
@@ -112,10 +112,8 @@ def _replay(stored: StoredResponse) -> web.Response:
 async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
                    charge: Charge | None, priced: Priced) -> web.StreamResponse:
     pg = match.paygate
-    upstream_url = pg.target + match.subpath
-    upstream_path_qs = _path_qs(upstream_url, request.query_string)
-    if request.query_string:
-        upstream_url += "?" + request.query_string
+    upstream_url, upstream_path_qs = _upstream_target(pg.target, pg.prefix, request.raw_path,
+                                                      match.subpath)
     secrets = await gw.origin_secrets(pg.id)
     digest = _EMPTY_SHA256
     if pg.origin_auth.mode == "request":
@@ -158,12 +156,20 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         upstream.release()
 
 
-def _path_qs(url: str, query: str) -> str:
-    path = urlsplit(url).path or "/"
-    return f"{path}?{query}" if query else path
+def _upstream_target(target: str, prefix: str, raw_path_qs: str, decoded_sub: str) -> tuple[URL, str]:
+    """The origin URL and its request target (path?query) exactly as sent on the wire:
+    the caller's own percent-encoding is kept (so `%3F` stays in the path and the
+    `request` signature covers what the origin receives), under the target's base path."""
+    raw_path, _, raw_query = raw_path_qs.partition("?")
+    sub = strip_prefix(prefix, raw_path)
+    if sub is None:  # the prefix itself came percent-encoded: re-encode the decoded rest
+        sub = URL.build(path=decoded_sub).raw_path
+    base = URL(target)
+    path_qs = base.raw_path.rstrip("/") + sub + (f"?{raw_query}" if raw_query else "")
+    return URL(str(base.origin()) + path_qs, encoded=True), path_qs
 
 
-async def _open_upstream(gw: Gateway, method: str, url: str, headers, data, timeout: float):
+async def _open_upstream(gw: Gateway, method: str, url: URL, headers, data, timeout: float):
     try:
         async with asyncio.timeout(timeout):
             return await gw.http.request(
@@ -176,6 +182,9 @@ async def _open_upstream(gw: Gateway, method: str, url: str, headers, data, time
     except PayloadTooLarge:
         raise
     except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(exc.__cause__, PayloadTooLarge):
+            # the caller's streamed body passed the cap while aiohttp was sending it
+            raise exc.__cause__ from None
         log.warning("origin unreachable: %s %s: %s", method, url, exc)
         raise UpstreamError("origin is unreachable") from None
 

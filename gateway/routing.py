@@ -67,17 +67,25 @@ class Router:
         return list(self._routes)
 
     def match(self, method: str, host: str | None, path: str) -> Match | None:
-        hostname = (host or "").rsplit(":", 1)[0].lower() if host and not host.startswith("[") \
-            else (host or "").lower()
+        hostname = _hostname(host)
         for route in self._routes:
             pg = route.paygate
-            if pg.host and pg.host.lower() != hostname:
+            if pg.host and pg.host.lower().strip("[]") != hostname:
                 continue
             sub = strip_prefix(pg.prefix, path)
             if sub is None:
                 continue
             return Match(route, sub, route.units_for(method, sub))
         return None
+
+
+def _hostname(host: str | None) -> str:
+    """The Host header without its port, lower-cased; IPv6 literals without brackets."""
+    host = (host or "").lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    return host.rsplit(":", 1)[0]
 
 
 def strip_prefix(prefix: str, path: str) -> str | None:

@@ -10,6 +10,7 @@ import secrets as _random
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.clock import Clock
@@ -61,11 +62,15 @@ class SecretStore:
         existing = await self.get(paygate_id)
         if existing is None:
             value = wanted or new_secret()
-            async with self._engine.begin() as conn:
-                await conn.execute(insert(origin_secrets).values(
-                    paygate_id=paygate_id, current_sealed=self._box.seal(value),
-                    previous_sealed=None, previous_valid_until=None,
-                    rotated_at=self._clock.now()))
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(insert(origin_secrets).values(
+                        paygate_id=paygate_id, current_sealed=self._box.seal(value),
+                        previous_sealed=None, previous_valid_until=None,
+                        rotated_at=self._clock.now()))
+            except IntegrityError:
+                # Another instance created it first (several starting at once): use theirs.
+                return await self.ensure(paygate_id, wanted, grace_seconds)
             return OriginSecrets(value, None, None)
         if wanted and wanted != existing.current:
             return await self.rotate(paygate_id, wanted, grace_seconds)
