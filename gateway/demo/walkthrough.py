@@ -21,9 +21,11 @@ from chains.x402 import decode_header
 
 SETTLER_ENV = "TOLLGATE_DEMO_SETTLER_KEY"
 SECRET_ENV = "TOLLGATE_DEMO_SKYROUTE_SECRET"
+HEDERA_KEY_ENV = "TOLLGATE_DEMO_HEDERA_KEY"
+TINYBAR_PER_HBAR = 100_000_000
 
 
-def demo_config(devnet, origin_url: str, port: int, workdir: Path) -> dict[str, Any]:
+def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> dict[str, Any]:
     return {
         "server": {"host": "127.0.0.1", "port": port, "allow_private_targets": True},
         "database": {"url": f"sqlite+aiosqlite:///{workdir / 'tollgate.db'}",
@@ -32,13 +34,21 @@ def demo_config(devnet, origin_url: str, port: int, workdir: Path) -> dict[str, 
         "assets": {"usdc": {"type": "eip3009", "network": devnet.network,
                             "address": devnet.token_address, "decimals": 6,
                             "eip712_name": devnet.token_name,
-                            "eip712_version": devnet.token_version}},
+                            "eip712_version": devnet.token_version},
+                   "hbar": {"type": "hbar", "network": hedera.network}},
         "evm": {devnet.network: {"rpc_url": devnet.rpc_url, "settler_key_env": SETTLER_ENV}},
+        "hedera": {"network": hedera.network, "nodes": hedera.network_map(),
+                   "mirror_url": hedera.mirror_url,
+                   "account_id": hedera.account("spender").account_id,
+                   "private_key_env": HEDERA_KEY_ENV, "pull_interval_seconds": 2},
         "paygates": [{
             "id": "skyroute", "prefix": "/skyroute", "target": origin_url,
             "description": "SkyRoute flights, hotels, holds and bookings",
-            "rails": ["x402-evm"], "prices": {"usdc": "0.001"},
-            "pay_to": {"evm": devnet.merchant.address}, "default_units": 1,
+            "rails": ["x402-evm", "hedera-session"],
+            "prices": {"usdc": "0.001", "hbar": "0.05"},
+            "pay_to": {"evm": devnet.merchant.address,
+                       "hedera": hedera.account("merchant").account_id},
+            "default_units": 1,
             "rules": [{"method": "GET", "path": "/v1/flights*", "units": 1},
                       {"method": "GET", "path": "/v1/hotels*", "units": 1},
                       {"method": "POST", "path": "/v1/holds", "units": 10},
@@ -74,6 +84,9 @@ def _toml(config: dict[str, Any]) -> str:
         lines.append(f'[evm."{net}"]')
         lines += [f"{k} = {value(v)}" for k, v in cfg.items()]
         lines.append("")
+    lines.append("[hedera]")
+    lines += [f"{k} = {value(v)}" for k, v in config["hedera"].items()]
+    lines.append("")
     for pg in config["paygates"]:
         lines.append("[[paygates]]")
         lines += [f"{k} = {value(v)}" for k, v in pg.items()]
@@ -114,23 +127,28 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
         shutil.rmtree(workdir)  # a fresh chain needs a fresh ledger
     workdir.mkdir(parents=True)
     steps = Steps()
+    from chains.hedera.devnet import HederaDevnet
+
     devnet = await asyncio.to_thread(EvmDevnet.start, payers=1)
+    hedera = await asyncio.to_thread(HederaDevnet().start)
     runners: list[web.AppRunner] = []
     try:
         secret = secrets.token_urlsafe(32)
         os.environ[SECRET_ENV] = secret
         os.environ[SETTLER_ENV] = devnet.settler.private_key
+        os.environ[HEDERA_KEY_ENV] = hedera.account("spender").private_key
         origin_port = _free_port(9001)
         runners.append(await _serve(create_origin([secret]), origin_port))
         origin_url = f"http://127.0.0.1:{origin_port}"
         port = _free_port(port)
-        config_dict = demo_config(devnet, origin_url, port, workdir)
+        config_dict = demo_config(devnet, hedera, origin_url, port, workdir)
         (workdir / "tollgate.toml").write_text(_toml(config_dict))
         runners.append(await _serve(create_app(parse_config(config_dict)), port))
         gw = f"http://127.0.0.1:{port}"
         payer = devnet.payers[0]
         steps.say("Started a local devnet, the SkyRoute origin and the gateway", "\n".join([
             f"anvil       {devnet.rpc_url} ({devnet.network}), test USDC {devnet.token_address}",
+            f"hedera      node {hedera.grpc_address}, mirror {hedera.mirror_url}",
             f"SkyRoute    {origin_url} (accepts only gateway-signed requests)",
             f"gateway     {gw} (config written to {workdir / 'tollgate.toml'})",
             f"payer       {payer.address}",
@@ -164,6 +182,7 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
             steps.say("Per-route costs (1 unit = 0.001 USDC)", "\n".join(costs))
             steps.say("Spent in total",
                       f"{client.spent.total(devnet.token_address)} atomic units of test USDC")
+        await _session_walkthrough(steps, gw, hedera)
         if once:
             return 0
         print(f"\nThe gateway keeps serving on {gw} — try:\n"
@@ -179,6 +198,53 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
         for runner in reversed(runners):
             await runner.cleanup()
         await asyncio.to_thread(devnet.stop)
+        await asyncio.to_thread(hedera.stop)
+
+
+async def _session_walkthrough(steps: Steps, gw: str, hedera) -> None:
+    """A person's session: approve 0.2 HBAR once, then spend it call by call."""
+    from gateway.demo.wallet import approve_allowance
+
+    alice = hedera.account("alice")
+    merchant_before = hedera.balance("merchant")
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(gw + "/api/sessions/challenge",
+                            json={"account_id": alice.account_id, "paygate": "skyroute"})
+        ch = r.json()
+        allowance = 20 * TINYBAR_PER_HBAR // 100  # 0.2 HBAR = four calls at 0.05
+        tx_id = await approve_allowance(hedera, alice, ch["spender"], allowance, ch["memo"])
+        r = await http.post(gw + "/api/sessions/activate", json={
+            "account_id": alice.account_id, "paygate": "skyroute", "nonce": ch["nonce"],
+            "transaction_id": tx_id})
+        token = r.json()["token"]
+        steps.say("A Hedera allowance session", (
+            f"{alice.account_id} approved 0.2 HBAR to the gateway ({ch['spender']}) "
+            f"with memo {ch['memo']}\n"
+            f"POST /api/sessions/activate -> {r.status_code}, token {token[:12]}..."))
+        lines = []
+        for i in range(5):
+            r = await http.get(gw + "/skyroute/v1/flights", headers={
+                "X-Hedera-Session-Id": token, "Idempotency-Key": f"demo-call-{i}"})
+            if r.status_code == 200:
+                lines.append(f"call {i + 1}: 200, remaining "
+                             f"{int(r.headers['X-Tollgate-Remaining']) / TINYBAR_PER_HBAR:g} HBAR")
+            else:
+                body = r.json()
+                lines.append(f"call {i + 1}: {r.status_code} {body['error']}, "
+                             f"top up at {body.get('top_up_url')}")
+        r = await http.get(gw + "/api/sessions/current", headers={"X-Hedera-Session-Id": token})
+        view = r.json()
+        lines.append(f"session: {view['state']}, {view['calls']} calls, "
+                     f"{view['spent'] / TINYBAR_PER_HBAR:g} HBAR spent")
+        steps.say("Spending from the session until it runs out (0.05 HBAR per call)",
+                  "\n".join(lines))
+    for _ in range(100):  # the pull worker collects within its 2 s window
+        if hedera.balance("merchant") > merchant_before:
+            break
+        await asyncio.sleep(0.1)
+    pulled = hedera.balance("merchant") - merchant_before
+    steps.say("Charges pulled on chain in one approved transfer",
+              f"merchant received {pulled / TINYBAR_PER_HBAR:g} HBAR")
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:
