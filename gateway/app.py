@@ -80,13 +80,13 @@ def _lifecycle(config: Config, clock: Clock):
                 await migrations.ensure_current(engine)
             box = load_master_key(config.database.master_key_env, config.database.master_key_file)
             secret_store = SecretStore(engine, box, clock)
-            for pg in config.paygates:
+            for i, pg in enumerate(config.paygates):
                 wanted = None
                 if pg.origin_auth.secret_env:
                     wanted = os.environ.get(pg.origin_auth.secret_env)
                     if not wanted:
                         raise ConfigError(
-                            f"paygates[{pg.id}].origin_auth.secret_env: environment variable "
+                            f"paygates[{i}].origin_auth.secret_env: environment variable "
                             f"{pg.origin_auth.secret_env} is not set")
                 await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
             gw = Gateway(config=config, router=Router(config.paygates), engine=engine,

@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_serve(args) -> int:
+    config = load_config(args.config)  # first: a bad config should fail fast
+
     from aiohttp import web
 
     from gateway.app import create_app
 
-    config = load_config(args.config)
     server = config.server.model_copy(update={k: v for k, v in
                                               (("host", args.host), ("port", args.port)) if v})
     config = config.model_copy(update={"server": server})

@@ -12,7 +12,7 @@ import ipaddress
 import re
 import socket
 import tomllib
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -319,7 +319,9 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
             known = ", ".join(sorted(cfg.assets)) or "none defined"
             errors.append(f"{where}.prices.{asset_id}: unknown asset (known: {known})")
             continue
-        if (price * 10**asset.decimals) % 1:
+        with localcontext(prec=100):  # exact: a long price must not round before the check
+            fractional = (price * 10**asset.decimals) % 1
+        if fractional:
             errors.append(
                 f"{where}.prices.{asset_id}: {price} has more than {asset.decimals} decimals")
     priced = {a: cfg.assets[a] for a in pg.prices if a in cfg.assets}
@@ -342,6 +344,10 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
                 errors.append(f"{where}.pay_to.hedera: required by the x402-hedera rail")
     if any(pg.prices.values()) and not pg.rails:
         errors.append(f"{where}.rails: a priced paygate needs at least one rail")
+    charges = pg.default_units > 0 or any(r.units > 0 for r in pg.rules)
+    if charges and not pg.rails:
+        errors.append(f"{where}: requests cost units but no rail can pay them; add rails and "
+                      "prices, or set default_units = 0 (and rule units to 0) for a free paygate")
     host = urlsplit(pg.target).hostname or ""
     allow = pg.allow_private_target if pg.allow_private_target is not None \
         else cfg.server.allow_private_targets
@@ -375,7 +381,8 @@ def _check_overlaps(paygates: list[PaygateConfig]) -> list[str]:
 def price_atomic(cfg: Config, pg: PaygateConfig, asset_id: str) -> int:
     """The price of one unit of `pg` in `asset_id`, in integer atomic units."""
     asset = cfg.assets[asset_id]
-    return int(pg.prices[asset_id] * 10**asset.decimals)
+    with localcontext(prec=100):
+        return int(pg.prices[asset_id] * 10**asset.decimals)
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -207,10 +207,10 @@ async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, c
         complete = True
     except forward.ResponseTooLarge as exc:
         log.warning("aborting response for %s: %s", request.path, exc)
+    except ConnectionResetError:  # aiohttp's write error when the client left
+        log.info("client went away during %s", request.path)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         log.warning("origin broke off the response for %s: %s", request.path, exc or type(exc).__name__)
-    except ConnectionResetError:
-        log.info("client went away during %s", request.path)
     if charge is not None and rail is not None and kept is not None:
         stored_headers = [(k, v) for k, v in resp.headers.items()]
         await rail.record(charge, StoredResponse(upstream.status, stored_headers, b"".join(kept),

@@ -211,7 +211,8 @@ def test_overlapping_routes(second_prefix):
 
 def test_prefixes_sharing_characters_but_not_a_segment_do_not_overlap():
     data = base()
-    data["paygates"].append({"id": "other", "prefix": "/apis", "target": "https://o.example.com"})
+    data["paygates"].append({"id": "other", "prefix": "/apis", "target": "https://o.example.com",
+                             "default_units": 0})
     parse_config(data)
 
 
@@ -219,9 +220,10 @@ def test_same_prefix_on_different_hosts_is_fine_but_hostless_overlaps():
     data = base()
     data["paygates"][0]["host"] = "a.example.com"
     data["paygates"].append({"id": "b", "prefix": "/api", "host": "b.example.com",
-                             "target": "https://b.example.com"})
+                             "target": "https://b.example.com", "default_units": 0})
     parse_config(data)
-    data["paygates"].append({"id": "c", "prefix": "/api", "target": "https://c.example.com"})
+    data["paygates"].append({"id": "c", "prefix": "/api", "target": "https://c.example.com",
+                             "default_units": 0})
     assert "paygates[2].prefix:" in error_of(data)
 
 
@@ -316,3 +318,12 @@ def test_serve_with_bad_config_exits_2_without_traceback(tmp_path):
     assert "paygates[0].target:" in proc.stderr
     assert str(path) in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_units_without_a_way_to_pay_are_refused():
+    data = base()
+    data["paygates"].append({"id": "nopay", "prefix": "/nopay", "target": "https://n.example.com",
+                             "rules": [{"path": "/x", "units": 2}], "default_units": 0})
+    assert "paygates[1]: requests cost units but no rail can pay them" in error_of(data)
+    data["paygates"][1]["rules"][0]["units"] = 0
+    parse_config(data)
