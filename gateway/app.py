@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from typing import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -17,6 +18,7 @@ from aiohttp import web
 from gateway import facilitator, health, proxy, sessions_api
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
+from gateway.forward import GuardedResolver
 from gateway.rails.registry import build_rails, evm_chains
 from gateway.routing import Router
 from gateway.state import GATEWAY, Gateway
@@ -72,7 +74,8 @@ def _lifecycle(config: Config, clock: Clock):
         engine = create_engine(config.database.url)
         http = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60))
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60,
+                                           resolver=GuardedResolver(_private_ok(config))))
         try:
             if is_sqlite(engine):
                 await migrations.migrate(engine)
@@ -108,6 +111,17 @@ def _lifecycle(config: Config, clock: Clock):
             await http.close()
             await engine.dispose()
     return ctx
+
+
+def _private_ok(config: Config) -> set[str]:
+    """Target hosts whose paygate may reach loopback/private addresses."""
+    out = set()
+    for pg in config.paygates:
+        allow = pg.allow_private_target if pg.allow_private_target is not None \
+            else config.server.allow_private_targets
+        if allow:
+            out.add(urlsplit(pg.target).hostname or "")
+    return out
 
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:

@@ -11,6 +11,8 @@ import re
 from typing import AsyncIterator, Iterable, Mapping
 
 from aiohttp import ClientResponse
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDict
 
 from gateway.errors import BadRequest, PayloadTooLarge
@@ -129,3 +131,32 @@ async def iter_response(upstream: ClientResponse, cap: int) -> AsyncIterator[byt
         if seen > cap:
             raise ResponseTooLarge(f"origin response is larger than {cap} bytes")
         yield chunk
+
+
+class TargetRefused(OSError):
+    """An origin host resolved only to addresses the SSRF guard refuses."""
+
+
+class GuardedResolver(AbstractResolver):
+    """DNS for origin connections that drops loopback, private, link-local and reserved
+    addresses, except for hosts whose paygate allows private targets. A config can only
+    check targets written as IP literals; this checks what a name resolves to, at
+    connect time, so a public name pointing at 10.0.0.1 is refused too."""
+
+    def __init__(self, allowed_private_hosts: set[str]) -> None:
+        self._inner = DefaultResolver()
+        self._allowed = {h.lower() for h in allowed_private_hosts}
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0):
+        from gateway.config import is_private_host
+
+        infos = await self._inner.resolve(host, port, family)
+        if host.lower() in self._allowed:
+            return infos
+        public = [i for i in infos if not is_private_host(i["host"])]
+        if not public:
+            raise TargetRefused(f"{host} resolves only to private addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()

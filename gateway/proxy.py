@@ -181,12 +181,22 @@ async def _open_upstream(gw: Gateway, method: str, url: URL, headers, data, time
         raise UpstreamTimeout(f"origin did not answer within {timeout:g} s") from None
     except PayloadTooLarge:
         raise
+    except forward.TargetRefused as exc:
+        return _refused_target(exc)
     except (aiohttp.ClientError, OSError) as exc:
+        if isinstance(getattr(exc, "os_error", None), forward.TargetRefused):
+            return _refused_target(exc.os_error)
         if isinstance(exc.__cause__, PayloadTooLarge):
             # the caller's streamed body passed the cap while aiohttp was sending it
             raise exc.__cause__ from None
         log.warning("origin unreachable: %s %s: %s", method, url, exc)
         raise UpstreamError("origin is unreachable") from None
+
+
+def _refused_target(exc: Exception):
+    log.warning("origin refused by the SSRF guard: %s", exc)
+    raise UpstreamError("the origin's address is not allowed (loopback/private)",
+                        code="target_not_allowed") from None
 
 
 async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, cap: int,

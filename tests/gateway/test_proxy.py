@@ -638,3 +638,24 @@ async def test_unset_secret_env_refuses_to_start(origin, gateway, monkeypatch):
         await gateway(config(o.url, origin_auth={"secret_env": "TOLLGATE_TEST_ABSENT_SECRET"}))
     assert "TOLLGATE_TEST_ABSENT_SECRET is not set" in str(exc.value)
     assert "origin_auth.secret_env" in str(exc.value)
+
+
+async def test_a_name_resolving_to_loopback_is_refused_unless_allowed(gateway, origin, http):
+    """The config can judge only IP literals; the connect-time guard judges what a name
+    resolves to (here `localhost`, which resolves to 127.0.0.1)."""
+    from gateway.forward import GuardedResolver, TargetRefused
+
+    o = await origin()
+    guard, allowed = GuardedResolver(set()), GuardedResolver({"localhost"})
+    try:
+        with pytest.raises(TargetRefused):
+            await guard.resolve("localhost", o.port)
+        assert (await allowed.resolve("localhost", o.port))[0]["host"].startswith("127.")
+    finally:
+        await guard.close()
+        await allowed.close()
+    g = await gateway({"paygates": [{"id": "free", "prefix": "/free", "default_units": 0,
+                                     "target": f"http://localhost:{o.port}",
+                                     "allow_private_target": True}]})
+    async with http.get(g.url + "/free/x") as r:
+        assert r.status == 200
