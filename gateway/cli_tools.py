@@ -13,8 +13,12 @@ from decimal import Decimal, InvalidOperation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("devnet", help="run a local anvil chain with a test USDC token")
+    p = sub.add_parser("devnet", help="run local chains: anvil with a test USDC token, and a "
+                                      "local Hedera network (consensus node + mirror)")
     p.add_argument("--port", type=int, help="anvil port (default: a free one)")
+    p.add_argument("--hedera-grpc-port", type=int, default=0, help="Hedera node port (default: free)")
+    p.add_argument("--hedera-mirror-port", type=int, default=0,
+                   help="Hedera mirror port (default: free)")
     p.add_argument("--block-time", type=float, help="seconds between blocks (default: automine)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_devnet)
@@ -39,20 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_devnet(args) -> int:
     from chains.evm.devnet import EvmDevnet
+    from chains.hedera.devnet import HederaDevnet
 
     devnet = EvmDevnet.start(port=args.port, block_time=args.block_time)
+    hedera = HederaDevnet(grpc_port=args.hedera_grpc_port,
+                          mirror_port=args.hedera_mirror_port).start()
     try:
-        info = devnet.describe()
+        info = {"evm": devnet.describe(), "hedera": hedera.describe()}
         if args.json:
             print(json.dumps(info, indent=2), flush=True)
         else:
-            _print_devnet(info)
+            _print_devnet(info["evm"])
+            _print_hedera(info["hedera"])
+            print("Ctrl-C to stop.", flush=True)
         stop = asyncio.Event()
         loop = asyncio.new_event_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.run_until_complete(stop.wait())
     finally:
+        hedera.stop()
         devnet.stop()
     return 0
 
@@ -72,8 +82,18 @@ def _print_devnet(info: dict) -> None:
         a = accts[role]
         print(f"{role:12} {a['address']}  key {a['private_key']}")
     for p in accts["payers"] + [accts["poor"]]:
-        print(f"{p['name']:12} {p['address']}  key {p['private_key']}")
-    print("Ctrl-C to stop.", flush=True)
+        print(f"{p['role']:12} {p['address']}  key {p['private_key']}")
+
+
+def _print_hedera(info: dict) -> None:
+    print(f"\nHedera node  {info['grpc']} (node {info['node_account_id']}), "
+          f"mirror {info['mirror_url']}  ({info['network']})")
+    print(f"hedera.nodes = {{ \"{info['grpc']}\" = \"{info['node_account_id']}\" }}")
+    from gateway.config import format_atomic
+
+    for name, a in info["accounts"].items():
+        print(f"{name:12} {a['account_id']:10} {a['key_type']:16} "
+              f"{format_atomic(a['balance_tinybars'], 8):>10} HBAR  key {a['private_key']}")
 
 
 def parse_max(value: str | None) -> int | None:

@@ -385,6 +385,12 @@ def price_atomic(cfg: Config, pg: PaygateConfig, asset_id: str) -> int:
         return int(pg.prices[asset_id] * 10**asset.decimals)
 
 
+def format_atomic(amount: int, decimals: int) -> str:
+    """Integer atomic units as a decimal string of whole units (`5000000`, 8 -> `0.05`)."""
+    text = format(Decimal(amount).scaleb(-decimals), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():

@@ -201,6 +201,12 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
         await asyncio.to_thread(hedera.stop)
 
 
+def hbar(tinybars: int) -> str:
+    from gateway.config import format_atomic
+
+    return format_atomic(tinybars, 8)
+
+
 async def _session_walkthrough(steps: Steps, gw: str, hedera) -> None:
     """A person's session: approve 0.2 HBAR once, then spend it call by call."""
     from gateway.demo.wallet import approve_allowance
@@ -227,7 +233,7 @@ async def _session_walkthrough(steps: Steps, gw: str, hedera) -> None:
                 "X-Hedera-Session-Id": token, "Idempotency-Key": f"demo-call-{i}"})
             if r.status_code == 200:
                 lines.append(f"call {i + 1}: 200, remaining "
-                             f"{int(r.headers['X-Tollgate-Remaining']) / TINYBAR_PER_HBAR:g} HBAR")
+                             f"{hbar(int(r.headers['X-Tollgate-Remaining']))} HBAR")
             else:
                 body = r.json()
                 lines.append(f"call {i + 1}: {r.status_code} {body['error']}, "
@@ -235,7 +241,7 @@ async def _session_walkthrough(steps: Steps, gw: str, hedera) -> None:
         r = await http.get(gw + "/api/sessions/current", headers={"X-Hedera-Session-Id": token})
         view = r.json()
         lines.append(f"session: {view['state']}, {view['calls']} calls, "
-                     f"{view['spent'] / TINYBAR_PER_HBAR:g} HBAR spent")
+                     f"{hbar(view['spent'])} HBAR spent")
         steps.say("Spending from the session until it runs out (0.05 HBAR per call)",
                   "\n".join(lines))
     for _ in range(100):  # the pull worker collects within its 2 s window
@@ -244,7 +250,7 @@ async def _session_walkthrough(steps: Steps, gw: str, hedera) -> None:
         await asyncio.sleep(0.1)
     pulled = hedera.balance("merchant") - merchant_before
     steps.say("Charges pulled on chain in one approved transfer",
-              f"merchant received {pulled / TINYBAR_PER_HBAR:g} HBAR")
+              f"merchant received {hbar(pulled)} HBAR")
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:
