@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, false, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -133,6 +133,12 @@ class PaymentStore:
                     # Serialise claims of one payer so the exposure sum cannot be raced.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                                        {"k": f"{p.network}|{p.asset}|{p.payer}"})
+                else:
+                    # SQLite: take the write lock before reading the sum (a write that
+                    # matches nothing), or two claims can both read the old sum and both
+                    # insert. Other writers wait (busy timeout) until this one commits.
+                    await conn.execute(update(payments).where(false())
+                                       .values(state=payments.c.state))
                 open_sum = (await conn.execute(
                     select(func.coalesce(func.sum(payments.c.amount), 0)).where(
                         payments.c.network == p.network, payments.c.asset == p.asset,

@@ -87,10 +87,13 @@ async def settle(request: web.Request) -> web.Response:
         outcome = await evm.settle(stored, noop)
     except RpcUnavailable as exc:
         raise Unavailable("chain RPC is unavailable", code="chain_unavailable") from exc
+    # Success only once mined: a sent transaction whose receipt did not come in time is
+    # `settlement_pending` with its hash (the caller reconciles from the chain).
     return web.json_response(SettleResponse(
-        success=outcome.state != "failed", transaction=outcome.tx_hash or "",
+        success=outcome.state == "settled", transaction=outcome.tx_hash or "",
         network=req.network, payer=vp.payer,
-        error_reason=outcome.reason if outcome.state != "settled" else None).to_wire())
+        error_reason=(outcome.reason or "settlement_pending")
+        if outcome.state != "settled" else None).to_wire())
 
 
 async def supported(request: web.Request) -> web.Response:

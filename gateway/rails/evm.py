@@ -143,6 +143,8 @@ class EvmChains:
                 return SettleOutcome("unknown", None, "settlement_pending", str(exc))
             if resp.success:
                 return SettleOutcome("settled", resp.transaction or None)
+            if resp.error_reason == "settlement_pending":  # sent, not mined yet: not failed
+                return SettleOutcome("unknown", resp.transaction or None, "settlement_pending")
             return SettleOutcome("failed", resp.transaction or None,
                                  resp.error_reason or "unexpected_settle_error")
         assert net.settler is not None
@@ -159,11 +161,16 @@ class EvmChains:
         if net.settler is not None:
             return await net.settler.reconcile(token, auth.from_, auth.nonce, tx_hash)
         try:
-            used = await net.rpc.authorization_state(token, auth.from_, auth.nonce)
+            if await net.rpc.authorization_state(token, auth.from_, auth.nonce):
+                return SettleOutcome("settled", tx_hash)
+            # The facilitator's transaction, still pending (no receipt yet): wait for it
+            # rather than have the authorization settled again.
+            if tx_hash and await net.rpc.get_transaction_receipt(tx_hash) is None \
+                    and await net.rpc.get_transaction_by_hash(tx_hash) is not None:
+                return SettleOutcome("unknown", tx_hash, "settlement_pending",
+                                     "transaction is pending")
         except RpcUnavailable as exc:
             return SettleOutcome("unknown", tx_hash, "settlement_pending", str(exc))
-        if used:
-            return SettleOutcome("settled", tx_hash)
         return SettleOutcome("failed", tx_hash, "invalid_transaction_state")
 
     def exposure_limit(self, network: str) -> int | None:

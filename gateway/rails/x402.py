@@ -22,6 +22,7 @@ from typing import Any, Mapping, Protocol
 from chains.evm.settle import SettleOutcome
 from chains.payments import NewPayment, PaymentRow, PaymentStore
 from chains.x402 import (
+    NONCE_ALREADY_USED,
     SettleResponse,
     VerifyResponse,
     X402Error,
@@ -137,15 +138,15 @@ class X402Rail:
         return charge
 
     async def _duplicate(self, row: PaymentRow, fp: str, paygate_id: str) -> StoredResponse:
+        # The scheme names its own code for a reused payment (EVM: the nonce).
+        used = getattr(self.scheme, "duplicate_reason", NONCE_ALREADY_USED)
         if row.paygate_id != paygate_id:
-            raise PaymentRejected("invalid_exact_evm_nonce_already_used",
-                                  "this payment was already used")
+            raise PaymentRejected(used, "this payment was already used")
         if row.fingerprint != fp:
             if row.payment_identifier:
                 raise Conflict("payment identifier was already used with a different payment",
                                code="payment_identifier_conflict")
-            raise PaymentRejected("invalid_exact_evm_nonce_already_used",
-                                  "this authorization nonce was already used")
+            raise PaymentRejected(used, "this authorization nonce was already used")
         stored = await self.store.wait_response(row.id, DUPLICATE_WAIT_SECONDS)
         if stored is None:
             raise Conflict("this payment is still being served; retry shortly",
@@ -187,15 +188,18 @@ class X402Rail:
         async def submitted(tx_hash: str) -> None:
             await self.store.set_tx_hash(h.row_id, tx_hash)
 
-        task = asyncio.ensure_future(self.scheme.settle(h.stored, submitted))
+        async def settle_and_record() -> SettleOutcome:
+            outcome = await self.scheme.settle(h.stored, submitted)
+            await self._record_outcome(h.row_id, "settling", outcome)
+            return outcome
+
+        # The outcome is recorded inside the task: if the request is cancelled (client gone,
+        # server shutting down), the task still records it and `aclose` waits for it.
+        task = asyncio.ensure_future(settle_and_record())
         self._inflight.add(task)
-        try:
-            # Shielded: a client that goes away must not abandon a sent transaction.
-            outcome = await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._inflight.discard(task)
-        await self._record_outcome(h.row_id, "settling", outcome)
+        task.add_done_callback(self._inflight.discard)
+        # Shielded: a client that goes away must not abandon a sent transaction.
+        outcome = await asyncio.shield(task)
         h.receipt = _receipt_headers(SettleResponse(
             success=outcome.state != "failed", transaction=outcome.tx_hash or "",
             network=h.network, payer=h.payer,
