@@ -44,6 +44,8 @@ DUPLICATE_WAIT_SECONDS = 30.0
 
 class Scheme(Protocol):
     rail_name: str
+    # Optional `duplicate_reason: str`: the reason code for a payment used before
+    # (default: the EVM nonce code).
 
     def requirements(self, priced: Priced) -> list: ...
     def verify(self, payment, req, now: float): ...
@@ -103,12 +105,14 @@ class X402Rail:
         decoded = decode_header(raw)
         fp = fingerprint({k: v for k, v in decoded.items() if k != "resource"})
         pg = priced.paygate
-        existing = await self.store.find(vp.claim_key, pg.id, pid)
-        if existing is not None:
-            return await self._duplicate(existing, fp, pg.id)
         try:
             await self.scheme.check_chain(vp)
         except X402Error as exc:
+            # A payment served here before is used on chain by now: it is a replay, not a
+            # bad payment. (Looked up only on this path: the first try needs no extra read.)
+            existing = await self.store.find(vp.claim_key, pg.id, pid)
+            if existing is not None:
+                return await self._duplicate(existing, fp, pg.id)
             raise PaymentRejected(exc.reason, exc.message) from None
         stored = {"payment": decoded, "requirement": req.to_wire()}
         deferred = pg.settlement == "deferred"
