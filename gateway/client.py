@@ -5,8 +5,9 @@
         print(resp.status_code, c.last_receipt)
 
 It reads the v2 `PAYMENT-REQUIRED` header (or the JSON body), picks the first offer it can
-pay (x402 `exact` on an EVM network with an EIP-3009 token), signs an authorization for
-exactly the asked amount and retries once with `PAYMENT-SIGNATURE`. It refuses to pay more
+pay (x402 `exact` on an EVM network with an EIP-3009 token, or, given `hedera_account` and
+`hedera_key`, `exact` HBAR on Hedera), signs for exactly the asked amount and retries once
+with `PAYMENT-SIGNATURE`. It refuses to pay more
 than `max_per_request` for one call or `spend_limit` in total (atomic units of the asset);
 the 402 is then returned as is.
 """
@@ -46,6 +47,9 @@ class PayingClient:
         self,
         *,
         evm_key: str | None = None,
+        hedera_account: str | None = None,
+        hedera_key: str | None = None,
+        hedera_nodes: list[str] | None = None,
         max_per_request: int | None = None,
         spend_limit: int | None = None,
         http: httpx.AsyncClient | None = None,
@@ -53,6 +57,11 @@ class PayingClient:
     ) -> None:
         self._evm_key = evm_key
         self.address = address_of(evm_key) if evm_key else None
+        # Hedera: the payer account, its private key (DER hex) and the node account ids to
+        # freeze for (default 0.0.3). The SDK is imported only when a Hedera offer is paid.
+        self.hedera_account = hedera_account
+        self._hedera_key = hedera_key
+        self._hedera_nodes = hedera_nodes
         self.max_per_request = max_per_request
         self.spend_limit = spend_limit
         self._http = http or httpx.AsyncClient(timeout=timeout)
@@ -125,7 +134,10 @@ class PayingClient:
                 req = PaymentRequirements.model_validate(entry)
             except Exception:
                 continue
-            if req.scheme != "exact" or not req.network.startswith("eip155:") or not self._evm_key:
+            evm = req.scheme == "exact" and req.network.startswith("eip155:") and self._evm_key
+            hedera = (req.scheme == "exact" and req.network.startswith("hedera:")
+                      and req.asset == "0.0.0" and self._hedera_key and self.hedera_account)
+            if not evm and not hedera:
                 reasons.append(f"cannot pay {req.scheme} on {req.network}")
                 continue
             if self.max_per_request is not None and req.amount_int > self.max_per_request:
@@ -135,10 +147,16 @@ class PayingClient:
                     self.spent.total(req.asset) + req.amount_int > self.spend_limit:
                 reasons.append(f"paying {req.amount} would pass the spend limit {self.spend_limit}")
                 continue
-            payload = build_exact_evm_payload(self._evm_key, req, now=int(time.time()))
+            if evm:
+                payload = build_exact_evm_payload(self._evm_key, req, now=int(time.time())).to_wire()
+            else:
+                from chains.hedera.exact_client import build_exact_hedera_payload
+
+                payload = build_exact_hedera_payload(req, self.hedera_account, self._hedera_key,
+                                                     node_account_ids=self._hedera_nodes)
             v2_entry = {k: v for k, v in entry.items()
                         if k not in ("maxAmountRequired", "resource", "description", "mimeType")}
             body = {"x402Version": 2, "resource": challenge.get("resource"),
-                    "accepted": v2_entry, "payload": payload.to_wire(), "extensions": {}}
+                    "accepted": v2_entry, "payload": payload, "extensions": {}}
             return encode_header(body), req
         raise PaymentRefused("; ".join(reasons) or "the 402 offers nothing to pay")

@@ -33,6 +33,18 @@ async def _x402_evm(gw: "Gateway") -> Rail:
     return rail
 
 
+async def _x402_hedera(gw: "Gateway") -> Rail:
+    from chains.payments import PaymentStore
+    from gateway.rails.hedera import HederaExact
+    from gateway.rails.x402 import X402Rail
+
+    link = await hedera_link(gw)
+    rail = X402Rail(HederaExact(gw.config, link, gw.clock), PaymentStore(gw.engine, gw.clock),
+                    gw.clock)
+    rail.start(gw.config.server.settlement_interval_seconds)
+    return rail
+
+
 async def evm_chains(gw: "Gateway"):
     """The EVM networks (shared by the x402 rail and the facilitator API), built once."""
     if gw.evm is None and gw.config.evm:
@@ -86,5 +98,6 @@ async def _hedera_session(gw: "Gateway") -> Rail:
 
 _FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {
     "x402-evm": _x402_evm,
+    "x402-hedera": _x402_hedera,
     "hedera-session": _hedera_session,
 }
