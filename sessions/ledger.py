@@ -102,7 +102,11 @@ class Ledger:
         row = (await conn.execute(select(session_charges).where(
             session_charges.c.session_id == session_id,
             session_charges.c.idempotency_key == key))).first()
-        if row is None or row.fingerprint != fingerprint:
+        if row is None:
+            # The claim met a row that is gone now (reversed after its origin failed): the
+            # key is free again, so this is "retry", not "another request".
+            return KeyConflict("in_flight")
+        if row.fingerprint != fingerprint:
             return KeyConflict("reused")
         if row.status is None:
             return KeyConflict("in_flight")

@@ -158,8 +158,11 @@ class SessionRecords:
         async with self._engine.begin() as conn:
             reconciled = 0
             if reconciled_pull_ids:
+                # Only this session's pulls: another session's amount must never leave
+                # this session's `outstanding`.
                 rows = (await conn.execute(update(session_pulls).where(
                     session_pulls.c.id.in_(reconciled_pull_ids),
+                    session_pulls.c.session_id == session_id,
                     session_pulls.c.state == "succeeded")
                     .values(state="reconciled", updated_at=now)
                     .returning(session_pulls.c.amount))).all()
