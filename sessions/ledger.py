@@ -132,6 +132,15 @@ class Ledger:
                 spent=sessions.c.spent - row.amount, calls=sessions.c.calls - 1))
         return True
 
+    async def reverse_abandoned(self, older_than: float) -> int:
+        """Reverse pending charges created before `older_than` (their request died with
+        its gateway); how many were reversed."""
+        async with self._engine.connect() as conn:
+            ids = (await conn.execute(select(session_charges.c.id).where(
+                session_charges.c.state == "pending",
+                session_charges.c.created_at < older_than).limit(100))).scalars().all()
+        return sum([await self.reverse(cid) for cid in ids])
+
     async def record_response(self, charge_id: str, status: int,
                               headers: list[tuple[str, str]], body: bytes) -> None:
         async with self._engine.begin() as conn:

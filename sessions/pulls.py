@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Protocol
 
+from sessions.ledger import Ledger
 from sessions.records import Pull, SessionRecords
 from store.clock import Clock
 
@@ -26,6 +27,7 @@ MIRROR_MARGIN = 30.0  # seconds past the validity window before "not on the mirr
 class Chain(Protocol):
     async def prepare_approved_transfer(self, owner: str, dest: str, amount: int, memo: str = ""): ...
     async def submit(self, tx_bytes: bytes, *, cosign: bool = False): ...
+    async def receipt(self, tx_id: str) -> str | None: ...
 
 
 class Mirror(Protocol):
@@ -34,8 +36,11 @@ class Mirror(Protocol):
 
 class PullWorker:
     def __init__(self, records: SessionRecords, chain: Chain, mirror: Mirror, clock: Clock, *,
-                 destination: Callable[[str], str], window: float) -> None:
+                 destination: Callable[[str], str], window: float,
+                 ledger: Ledger | None = None, abandon_after: float = 900.0) -> None:
         self.records = records
+        self.ledger = ledger
+        self.abandon_after = abandon_after
         self.chain = chain
         self.mirror = mirror
         self.clock = clock
@@ -45,6 +50,10 @@ class PullWorker:
     async def work_once(self) -> int:
         done = 0
         now = self.clock.now()
+        if self.ledger is not None:
+            # Charges still pending long after any request could have finished belong to
+            # a gateway that died mid-call: nothing was answered, so give the money back.
+            done += await self.ledger.reverse_abandoned(older_than=now - self.abandon_after)
         for session_id in await self.records.sessions_to_pull(older_than=now - self.window):
             done += await self._pull_session(session_id, cutoff=now)
         for pull in await self.records.lease_pulls(("prepared", "submitted", "unknown"),
@@ -57,7 +66,12 @@ class PullWorker:
         session = await self.records.get(session_id)
         if session is None:
             return 0
-        amount = await self.records.unpulled(session_id, cutoff)
+        # Never ask for more than the allowance can give: a refused pull still costs a
+        # fee, and would be refused again every window. What pulls in flight took from
+        # the allowance may not show in the mirror's view yet.
+        in_flight = sum(p.amount for p in await self.records.pulls(session_id))
+        cutoff, amount = await self.records.pull_cutoff(
+            session_id, cutoff, cap=session.allowance - in_flight)
         if amount <= 0:
             return 0
         prepared = await self.chain.prepare_approved_transfer(
@@ -116,4 +130,16 @@ class PullWorker:
         elif record is not None:
             await self.records.move_pull(pull.id, pull.state, "failed", error=record.result)
         elif self.clock.now() > pull.valid_until + MIRROR_MARGIN:
-            await self.records.move_pull(pull.id, pull.state, "failed", error="expired unseen")
+            # Not on the mirror: before calling it lost (and pulling its charges again),
+            # ask a node, which keeps receipts for a while: the mirror may just be late.
+            from chains.hedera.network import HederaUnavailable
+
+            try:
+                status = await self.chain.receipt(pull.tx_id)
+            except HederaUnavailable:
+                return  # decide on a later pass
+            if status == "SUCCESS":
+                await self.records.move_pull(pull.id, pull.state, "succeeded")
+            else:
+                await self.records.move_pull(pull.id, pull.state, "failed",
+                                             error=status or "expired unseen")

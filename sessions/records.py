@@ -217,6 +217,27 @@ class SessionRecords:
                             session_charges.c.created_at <= cutoff))).scalar_one()
         return int(total)
 
+    async def pull_cutoff(self, session_id: str, cutoff: float, cap: int) -> tuple[float, int]:
+        """The largest batch of the oldest kept, unpulled charges (created up to `cutoff`)
+        whose sum fits in `cap`: (the batch's own cutoff, its sum). Charges made at the
+        same instant go together or not at all."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(session_charges.c.created_at,
+                       func.sum(session_charges.c.amount).label("amount"))
+                .where(session_charges.c.session_id == session_id,
+                       session_charges.c.state == "kept", session_charges.c.pull_id.is_(None),
+                       session_charges.c.created_at <= cutoff)
+                .group_by(session_charges.c.created_at)
+                .order_by(session_charges.c.created_at))).all()
+        total, until = 0, 0.0
+        for row in rows:
+            if total + int(row.amount) > cap:
+                break
+            total += int(row.amount)
+            until = row.created_at
+        return until, total
+
     async def prepare_pull(self, *, session_id: str, owner: str, amount: int, cutoff: float,
                            tx_id: str, tx_bytes: bytes, valid_until: float) -> str | None:
         """Store the signed pull and tie the charges it collects to it, before anything is

@@ -54,6 +54,10 @@ class Refresher:
                 log.warning("mirror unavailable while refreshing session %s: %s", s.id, exc)
                 await self.records.release(s.id)
                 continue
+            except Exception:  # one bad session must not leave the others leased and stale
+                log.exception("refreshing session %s failed", s.id)
+                await self.records.release(s.id)
+                continue
             if after is not None and after.state != s.state:
                 log.info("session %s: %s -> %s", s.id, s.state, after.state)
         return len(sessions)

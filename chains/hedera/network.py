@@ -131,6 +131,36 @@ class HederaNetwork:
         finally:
             client.close()
 
+    async def receipt(self, tx_id: str) -> str | None:
+        """The receipt status a node still holds for `tx_id` (nodes keep receipts for a
+        few minutes after consensus), or None when it has none. Raises HederaUnavailable."""
+        return await asyncio.to_thread(self._receipt_status, tx_id)
+
+    def _receipt_status(self, tx_id: str) -> str | None:
+        sdk = self._sdk
+        from hiero_sdk_python.exceptions import MaxAttemptsError, PrecheckError
+
+        client = self._client()
+        try:
+            query = sdk.TransactionGetReceiptQuery().set_transaction_id(
+                sdk.TransactionId.from_string(tx_id))
+            query.set_max_attempts(3)  # a "not found" answer is final enough here
+            try:
+                receipt = query.execute(client, timeout=10)
+            except (PrecheckError, MaxAttemptsError) as exc:
+                # The SDK retries RECEIPT_NOT_FOUND until its timeout, then wraps it.
+                last = exc if isinstance(exc, PrecheckError) else exc.last_error
+                if isinstance(last, PrecheckError) and \
+                        sdk.ResponseCode(last.status).name == "RECEIPT_NOT_FOUND":
+                    return None
+                raise HederaUnavailable(f"receipt query failed: {exc}") from exc
+            except RuntimeError as exc:  # "All nodes are unhealthy"
+                raise HederaUnavailable(str(exc)) from exc
+            name = sdk.ResponseCode(receipt.status).name
+            return None if name in ("UNKNOWN", "RECEIPT_NOT_FOUND") else name
+        finally:
+            client.close()
+
     def _receipt_of(self, client, tx_id) -> Submitted:
         """The first submission's receipt, for a resubmission the node saw before."""
         sdk = self._sdk

@@ -52,8 +52,10 @@ class SessionRail:
         self.activation = Activation(self.records, link.mirror, gw.clock)
         self.refresher = Refresher(self.records, link.mirror, gw.clock, self.unit_price,
                                    ttl=cfg.mirror_ttl_seconds)
+        longest_call = max((pg.timeout_seconds for pg in gw.config.paygates), default=600)
         self.puller = PullWorker(self.records, link.network, link.mirror, gw.clock,
-                                 destination=self.destination, window=cfg.pull_interval_seconds)
+                                 destination=self.destination, window=cfg.pull_interval_seconds,
+                                 ledger=self.ledger, abandon_after=longest_call + 300)
         self._tasks: list[asyncio.Task] = []
 
     # -- terms ---------------------------------------------------------------------------

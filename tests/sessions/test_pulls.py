@@ -282,9 +282,6 @@ async def test_crash_between_prepare_and_submit_resubmits_the_stored_bytes(setup
     assert len(await all_pulls(records, s.id)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="known: a mirror lagging more than MIRROR_MARGIN makes "
-                   "a pull that did succeed look 'expired unseen'; its charges are pulled again. "
-                   "Needs the mirror's ingestion point (chains.hedera.mirror) or a receipt query.")
 async def test_a_mirror_lagging_past_the_margin_does_not_pull_twice(setup, records, clock,
                                                                     hedera_mirror_faults):
     owner, s = await setup.session()
@@ -300,3 +297,48 @@ async def test_a_mirror_lagging_past_the_margin_does_not_pull_twice(setup, recor
     await worker.work_once()
     await worker.work_once()
     assert setup.net.balance(owner) == before_owner - 2 * PRICE
+
+
+# -- the allowance caps a pull --------------------------------------------------------------
+
+
+async def test_a_pull_never_asks_for_more_than_the_allowance(setup, records, clock):
+    """Charges beyond what the mirror says is left are not sent to be refused (each refusal
+    costs a fee, every window): the oldest charges that fit are pulled, the rest wait."""
+    owner, s = await setup.session(allowance=10 * PRICE)
+    for _ in range(3):
+        await setup.calls(s, 1)
+        clock.advance(0.001)  # charges made at one instant are pulled together or not at all
+    await approve(setup.net, owner, 2 * PRICE)  # the owner cuts the allowance
+    await records.apply_mirror(s.id, allowance=2 * PRICE, reconciled_pull_ids=[],
+                               unit_price=PRICE)
+    before_owner, before_dest = setup.balances(owner)
+    clock.advance(WINDOW + 1)
+    worker = setup.worker()
+    await worker.work_once()
+    pull = await only_pull(records, s.id, "succeeded")
+    assert pull.amount == 2 * PRICE
+    assert setup.balances(owner) == (before_owner - 2 * PRICE, before_dest + 2 * PRICE)
+    clock.advance(WINDOW + 1)
+    assert await worker.work_once() == 0  # the third charge does not fit: nothing is sent
+    assert [p.state for p in await all_pulls(records, s.id)] == ["succeeded"]
+    assert await records.unpulled(s.id, clock.now()) == PRICE
+
+
+async def test_charges_abandoned_mid_call_are_reversed(setup, records, ledger, clock):
+    """A gateway that died between charging and answering leaves a pending charge: after
+    the longest call could have lasted, the worker gives the money back."""
+    owner, s = await setup.session(allowance=5 * PRICE)
+    got = await ledger.charge(s.id, "died-here", "fp", PRICE, fresh_after=0)
+    assert isinstance(got, Charged)
+    worker = PullWorker(records, setup.chain, setup.mirror, clock,
+                        destination=lambda _: setup.dest.account_id, window=WINDOW,
+                        ledger=ledger, abandon_after=900)
+    assert await worker.work_once() == 0
+    assert (await records.get(s.id)).outstanding == PRICE
+    clock.advance(901)
+    assert await worker.work_once() == 1
+    after = await records.get(s.id)
+    assert (after.outstanding, after.spent, after.calls) == (0, 0, 0)
+    again = await ledger.charge(s.id, "died-here", "fp", PRICE, fresh_after=0)
+    assert isinstance(again, Charged)  # the key is free for the retry
