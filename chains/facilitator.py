@@ -37,7 +37,8 @@ class FacilitatorClient:
             resp = await self._http.post(self.base_url + path, json=body)
         except httpx.HTTPError as exc:
             raise FacilitatorUnavailable(f"{path}: {exc!r}") from exc
-        if resp.status_code >= 500:
+        if resp.status_code >= 500 or resp.status_code in (408, 429):
+            # Busy or timed out says nothing about the payment: its outcome is unknown.
             raise FacilitatorUnavailable(f"{path}: HTTP {resp.status_code}")
         try:
             data = resp.json()

@@ -108,7 +108,8 @@ def parse_max(value: str | None) -> int | None:
             return int(amount)
         return int(value)
     except (InvalidOperation, ValueError):
-        raise SystemExit(f"tollgate pay: --max {value!r} is not an amount")
+        print(f"tollgate pay: --max {value!r} is not an amount", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_pay(args) -> int:

@@ -28,7 +28,8 @@ async def _x402_evm(gw: "Gateway") -> Rail:
     from gateway.rails.x402 import X402Rail
 
     evm = await evm_chains(gw)
-    rail = X402Rail(evm, PaymentStore(gw.engine, gw.clock), gw.clock)
+    rail = X402Rail(evm, PaymentStore(gw.engine, gw.clock), gw.clock,
+                    shutdown_grace=gw.config.server.shutdown_grace_seconds)
     rail.start(gw.config.server.settlement_interval_seconds)
     return rail
 
@@ -40,7 +41,7 @@ async def _x402_hedera(gw: "Gateway") -> Rail:
 
     link = await hedera_link(gw)
     rail = X402Rail(HederaExact(gw.config, link, gw.clock), PaymentStore(gw.engine, gw.clock),
-                    gw.clock)
+                    gw.clock, shutdown_grace=gw.config.server.shutdown_grace_seconds)
     rail.start(gw.config.server.settlement_interval_seconds)
     return rail
 

@@ -80,7 +80,9 @@ def fingerprint(decoded: dict[str, Any]) -> str:
 
 
 class X402Rail:
-    def __init__(self, scheme: Scheme, store: PaymentStore, clock: Clock) -> None:
+    def __init__(self, scheme: Scheme, store: PaymentStore, clock: Clock,
+                 shutdown_grace: float = 30.0) -> None:
+        self.shutdown_grace = shutdown_grace
         self.name = scheme.rail_name
         self.scheme = scheme
         self.store = store
@@ -280,5 +282,5 @@ class X402Rail:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         if self._inflight:
-            await asyncio.wait(self._inflight, timeout=30)
+            await asyncio.wait(self._inflight, timeout=self.shutdown_grace)
 

@@ -86,3 +86,10 @@ async def test_missing_key_is_a_usage_error(paid_route):
     assert code == 2, (out, err)
     assert "--key" in err
     assert o.requests == []
+
+
+async def test_a_bad_max_is_a_usage_error():
+    code, out, err = await tollgate_pay("http://127.0.0.1:9/x", "--key", "0x" + "11" * 32,
+                                        "--max", "lots")
+    assert code == 2
+    assert "--max 'lots' is not an amount" in err
