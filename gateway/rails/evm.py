@@ -10,35 +10,23 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from chains.evm.codec import parse_exact_evm_payload
 from chains.evm.rpc import RpcClient, RpcUnavailable
 from chains.evm.settle import SettleOutcome, Settler, TransferAuthorization
-from chains.evm.verify import CachedChainReader, Verified, check_chain_state, verify_payment
+from chains.evm.verify import CachedChainReader, check_chain_state, verify_payment
 from chains.facilitator import FacilitatorClient, FacilitatorUnavailable
 from chains.x402 import PaymentPayload, PaymentRequirements, X402Error, evm_chain_id
 from gateway.config import Config, ConfigError, Eip3009Asset, EvmNetworkConfig, price_atomic
 from gateway.errors import Unavailable
 from gateway.rails.base import Priced
+from gateway.rails.x402 import VerifiedPayment
 
 log = logging.getLogger("tollgate.evm")
 
 MAX_TIMEOUT_SECONDS = 60
 
-
-@dataclass
-class VerifiedPayment:
-    """What the generic x402 rail needs to know about a verified payment."""
-
-    payer: str
-    pay_to: str
-    asset: str
-    network: str
-    amount: int
-    claim_key: str
-    detail: Verified
 
 
 class EvmNetwork:

@@ -16,7 +16,6 @@ use its account's ids, and none of them is accepted twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from chains.evm.settle import SettleOutcome
@@ -36,6 +35,7 @@ from chains.x402 import (
 from gateway.config import Config, HbarAsset, price_atomic
 from gateway.errors import Unavailable
 from gateway.rails.base import Priced
+from gateway.rails.x402 import VerifiedPayment
 from store.clock import Clock
 
 log = logging.getLogger("tollgate.hedera.exact")
@@ -55,18 +55,6 @@ _STATUS_REASONS = {
 }
 TRANSACTION_FAILED = "transaction_failed"
 
-
-@dataclass
-class VerifiedPayment:
-    """What the generic x402 rail needs to know about a verified payment."""
-
-    payer: str
-    pay_to: str
-    asset: str
-    network: str
-    amount: int
-    claim_key: str
-    detail: ExactTransfer
 
 
 class HederaExact:

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 from chains.evm.settle import SettleOutcome
@@ -40,6 +41,19 @@ log = logging.getLogger("tollgate.x402")
 
 PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
 DUPLICATE_WAIT_SECONDS = 30.0
+
+
+@dataclass
+class VerifiedPayment:
+    """What a scheme tells the rail about a payment that passed its checks."""
+
+    payer: str
+    pay_to: str
+    asset: str
+    network: str
+    amount: int  # atomic units
+    claim_key: str  # unique per payment on its chain: the replay guard's key
+    detail: Any  # the scheme's own verification result
 
 
 class Scheme(Protocol):
