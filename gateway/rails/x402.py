@@ -167,6 +167,13 @@ class X402Rail:
                 raise Conflict("payment identifier was already used with a different payment",
                                code="payment_identifier_conflict")
             raise PaymentRejected(used, "this authorization nonce was already used")
+        if row.state in ("failed", "void") and await self.store.response(row.id) is None:
+            # Never served (settlement failed, or the origin could not be reached): say
+            # so again rather than wait for a response that will not come.
+            raise PaymentRejected(row.error if row.state == "failed" and row.error
+                                  else "invalid_transaction_state",
+                                  f"this payment was not served ({row.state}); "
+                                  "send a new payment")
         stored = await self.store.wait_response(row.id, DUPLICATE_WAIT_SECONDS)
         if stored is None:
             raise Conflict("this payment is still being served; retry shortly",

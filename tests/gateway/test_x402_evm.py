@@ -276,10 +276,12 @@ async def test_settlement_revert_after_serving_answers_402(paid, http, evm_devne
     req = await challenge_req(http, g.url + "/sky/v1/flights")
     drain["req"] = req
     header = sign_payment(evm_devnet, payer, req)
-    async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
-        assert r.status == 402
-        assert (await r.json())["error"] == "insufficient_funds"
+    for _ in range(2):  # the same payment again is refused the same way, at once
+        async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
+            assert r.status == 402
+            assert (await r.json())["error"] == "insufficient_funds"
     assert await store_of(g).counts() == {"failed": 1}
+    assert len(o.requests) == 1
     evm_devnet.mint(payer.address, 1_000_000_000)
 
 
@@ -387,3 +389,19 @@ async def test_rpc_down_is_503_and_nothing_served(gateway, origin, http, evm_dev
         assert (await r.json())["error"] == "chain_unavailable"
     assert o.requests == []
     assert await store_of(g).counts() == {}
+
+
+async def test_unreachable_origin_voids_the_payment_and_a_retry_is_told_so(gateway, http,
+                                                                            evm_devnet):
+    g = await gateway(x402_config(evm_devnet, "http://127.0.0.1:9"))  # nothing listens there
+    req = await challenge_req(http, g.url + "/sky/v1/flights")
+    payer = evm_devnet.payers[0]
+    before = token_balance(evm_devnet, payer.address)
+    header = sign_payment(evm_devnet, payer, req)
+    async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
+        assert r.status == 502
+    async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
+        assert r.status == 402
+        assert (await r.json())["error"] == "invalid_transaction_state"
+    assert await store_of(g).counts() == {"void": 1}
+    assert token_balance(evm_devnet, payer.address) == before
