@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import and_, false, func, insert, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -105,6 +105,10 @@ class Stored:
     complete: bool
 
 
+class _OverExposed(Exception):
+    pass
+
+
 class PaymentStore:
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
@@ -127,29 +131,30 @@ class PaymentStore:
             network=p.network, asset=p.asset, payer=p.payer, pay_to=p.pay_to, amount=p.amount,
             state="verified", settlement=p.settlement, payload=json.dumps(p.payload),
             tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now)
-        async with self._engine.begin() as conn:
-            if exposure_limit is not None:
+        try:
+            async with self._engine.begin() as conn:
+                # The insert comes first: a payment seen before conflicts here at once, and
+                # on SQLite the insert takes the write lock, so the sum below cannot race.
+                row = (await conn.execute(
+                    self._insert().values(**values).on_conflict_do_nothing()
+                    .returning(payments.c.id))).first()
+                if row is None or exposure_limit is None:
+                    return row.id if row else None
                 if conn.dialect.name == "postgresql":
-                    # Serialise claims of one payer so the exposure sum cannot be raced.
+                    # Serialise one payer's claims: the sum sees every committed claim of
+                    # theirs (read committed) and this transaction's own.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                                        {"k": f"{p.network}|{p.asset}|{p.payer}"})
-                else:
-                    # SQLite: take the write lock before reading the sum (a write that
-                    # matches nothing), or two claims can both read the old sum and both
-                    # insert. Other writers wait (busy timeout) until this one commits.
-                    await conn.execute(update(payments).where(false())
-                                       .values(state=payments.c.state))
                 open_sum = (await conn.execute(
                     select(func.coalesce(func.sum(payments.c.amount), 0)).where(
                         payments.c.network == p.network, payments.c.asset == p.asset,
                         payments.c.payer == p.payer, payments.c.state.in_(OPEN_STATES)))
                 ).scalar_one()
-                if int(open_sum) + p.amount > exposure_limit:
-                    return None
-            row = (await conn.execute(
-                self._insert().values(**values).on_conflict_do_nothing().returning(payments.c.id)
-            )).first()
-        return row.id if row else None
+                if int(open_sum) > exposure_limit:
+                    raise _OverExposed  # rolls the insert back
+                return row.id
+        except _OverExposed:
+            return None
 
     async def find(self, claim_key: str, paygate_id: str,
                    payment_identifier: str | None) -> PaymentRow | None:

@@ -4,7 +4,9 @@ Covers the parts of x402 v1 and v2 that do not depend on a chain: the 402
 challenge body/header, the base64 JSON header codec, payment payload parsing
 (``PAYMENT-SIGNATURE`` v2 and ``X-PAYMENT`` v1) into one normalized shape,
 choosing which offered requirement a payment is for, settlement/verify
-responses, reason codes, network ids and the ``payment-identifier`` extension.
+responses. Reason codes (``chains.x402_errors``), network ids (``chains.networks``) and
+the ``payment-identifier`` extension (``chains.payment_identifier``) live in their own
+modules and are re-exported here.
 
 Contracts: no I/O; every rejection of client input raises :class:`X402Error`
 carrying an x402 reason code; amounts are decimal strings on the wire and
@@ -32,97 +34,43 @@ HEADER_X_PAYMENT_RESPONSE = "X-PAYMENT-RESPONSE"  # v1 receipt
 MAX_HEADER_LEN = 8192
 SCHEME_EXACT = "exact"
 
-# --- reason codes (x402 spec section 9, plus SDK / Tollgate additions) -------
-
-INSUFFICIENT_FUNDS = "insufficient_funds"
-INVALID_VALID_AFTER = "invalid_exact_evm_payload_authorization_valid_after"
-INVALID_VALID_BEFORE = "invalid_exact_evm_payload_authorization_valid_before"
-INVALID_VALUE = "invalid_exact_evm_payload_authorization_value"
-INVALID_SIGNATURE = "invalid_exact_evm_payload_signature"
-RECIPIENT_MISMATCH = "invalid_exact_evm_payload_recipient_mismatch"
-INVALID_NETWORK = "invalid_network"
-INVALID_PAYLOAD = "invalid_payload"
-INVALID_PAYMENT_REQUIREMENTS = "invalid_payment_requirements"
-INVALID_SCHEME = "invalid_scheme"
-UNSUPPORTED_SCHEME = "unsupported_scheme"
-INVALID_X402_VERSION = "invalid_x402_version"
-INVALID_TRANSACTION_STATE = "invalid_transaction_state"
-UNEXPECTED_VERIFY_ERROR = "unexpected_verify_error"
-UNEXPECTED_SETTLE_ERROR = "unexpected_settle_error"
-# Used by the reference SDKs, not listed in the spec:
-NONCE_ALREADY_USED = "invalid_exact_evm_nonce_already_used"
-SETTLEMENT_PENDING = "settlement_pending"
-MISSING_EIP712_DOMAIN = "missing_eip712_domain"
-# Tollgate's own (no spec code exists):
-PAYMENT_EXPIRED = "payment_expired"  # authorization expired before it could be settled
-INVALID_PAYMENT_IDENTIFIER = "invalid_payment_identifier"
-
-
-class X402Error(Exception):
-    """A payment rejected for ``reason`` (an x402 reason code); ``message`` is for humans."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(f"{reason}: {message}" if message else reason)
-        self.reason = reason
-        self.message = message or reason
-
-
-# --- networks -----------------------------------------------------------------
-
-# v1 network names with a well-known CAIP-2 id (x402 v1 spec / reference SDKs).
-V1_NETWORKS: dict[str, str] = {
-    "base": "eip155:8453",
-    "base-sepolia": "eip155:84532",
-    "avalanche": "eip155:43114",
-    "avalanche-fuji": "eip155:43113",
-    "polygon": "eip155:137",
-    "polygon-amoy": "eip155:80002",
-    "ethereum": "eip155:1",
-    "solana": "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp",
-    "solana-devnet": "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1",
-}
-_CAIP2_TO_V1 = {v: k for k, v in V1_NETWORKS.items()}
-_CAIP2 = re.compile(r"^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$")
-_EIP155_REF = re.compile(r"^[1-9][0-9]{0,18}$")
-
-
-def normalize_network(network: str) -> str:
-    """Return the CAIP-2 id for a v1 name or a CAIP-2 id; raise ``invalid_network``.
-
-    Unknown v1 names are rejected; local chains use their CAIP-2 id in v1 too.
-    ``eip155`` references must be canonical decimal (no leading zeros).
-    """
-    if not isinstance(network, str):
-        raise X402Error(INVALID_NETWORK, "network must be a string")
-    if network in V1_NETWORKS:
-        return V1_NETWORKS[network]
-    if not _CAIP2.match(network):
-        raise X402Error(INVALID_NETWORK, f"unknown network {network[:64]!r}")
-    namespace, ref = network.split(":", 1)
-    if namespace == "eip155" and not _EIP155_REF.match(ref):
-        raise X402Error(INVALID_NETWORK, f"bad eip155 chain id {ref[:32]!r}")
-    return network
-
-
-def v1_network_name(network: str) -> str:
-    """The v1 name for a network if it has one, else its CAIP-2 id."""
-    caip2 = normalize_network(network)
-    return _CAIP2_TO_V1.get(caip2, caip2)
-
-
-def evm_network(chain_id: int) -> str:
-    """CAIP-2 id of an EVM chain."""
-    return f"eip155:{int(chain_id)}"
-
-
-def evm_chain_id(network: str) -> int:
-    """Chain id of an ``eip155`` network (v1 name or CAIP-2); raise ``invalid_network``."""
-    caip2 = normalize_network(network)
-    namespace, ref = caip2.split(":", 1)
-    if namespace != "eip155":
-        raise X402Error(INVALID_NETWORK, f"{caip2} is not an EVM network")
-    return int(ref)
-
+# Reason codes and network ids live in their own modules; re-exported here so
+# `from chains.x402 import ...` stays the one place callers import from.
+from chains.networks import (  # noqa: F401
+    V1_NETWORKS,
+    evm_chain_id,
+    evm_network,
+    normalize_network,
+    v1_network_name,
+)
+from chains.payment_identifier import (  # noqa: F401
+    PAYMENT_IDENTIFIER,
+    declare_payment_identifier,
+    payment_identifier,
+)
+from chains.x402_errors import (  # noqa: F401
+    INSUFFICIENT_FUNDS,
+    INVALID_NETWORK,
+    INVALID_PAYLOAD,
+    INVALID_PAYMENT_IDENTIFIER,
+    INVALID_PAYMENT_REQUIREMENTS,
+    INVALID_SCHEME,
+    INVALID_SIGNATURE,
+    INVALID_TRANSACTION_STATE,
+    INVALID_VALID_AFTER,
+    INVALID_VALID_BEFORE,
+    INVALID_VALUE,
+    INVALID_X402_VERSION,
+    MISSING_EIP712_DOMAIN,
+    NONCE_ALREADY_USED,
+    PAYMENT_EXPIRED,
+    RECIPIENT_MISMATCH,
+    SETTLEMENT_PENDING,
+    UNEXPECTED_SETTLE_ERROR,
+    UNEXPECTED_VERIFY_ERROR,
+    UNSUPPORTED_SCHEME,
+    X402Error,
+)
 
 # --- models ---------------------------------------------------------------------
 
@@ -433,48 +381,6 @@ def select_requirement(payment: PaymentPayload, offered: list[PaymentRequirement
         ):
             return r
     raise X402Error(INVALID_PAYMENT_REQUIREMENTS, "accepted matches no offered requirement")
-
-
-# --- payment-identifier extension ---------------------------------------------------------
-
-PAYMENT_IDENTIFIER = "payment-identifier"
-_PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-
-
-def payment_identifier(extensions: dict[str, Any] | None) -> str | None:
-    """The client's ``extensions["payment-identifier"]["info"]["id"]``, or None if absent.
-
-    Raises ``invalid_payment_identifier`` when the extension is present but
-    malformed or the id is not 16-128 characters of ``[A-Za-z0-9_-]``.
-    """
-    if not extensions or PAYMENT_IDENTIFIER not in extensions:
-        return None
-    ext = extensions[PAYMENT_IDENTIFIER]
-    info = ext.get("info") if isinstance(ext, dict) else None
-    if not isinstance(info, dict):
-        raise X402Error(INVALID_PAYMENT_IDENTIFIER, "payment-identifier needs an 'info' object")
-    pid = info.get("id")
-    if pid is None:
-        return None
-    if not isinstance(pid, str) or not _PAYMENT_ID.match(pid):
-        raise X402Error(INVALID_PAYMENT_IDENTIFIER, "payment id must be 16-128 chars of [A-Za-z0-9_-]")
-    return pid
-
-
-def declare_payment_identifier(required: bool = False) -> dict[str, Any]:
-    """The server's ``extensions["payment-identifier"]`` declaration for a 402."""
-    return {
-        "info": {"required": required},
-        "schema": {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "type": "object",
-            "properties": {
-                "required": {"type": "boolean"},
-                "id": {"type": "string", "minLength": 16, "maxLength": 128, "pattern": "^[a-zA-Z0-9_-]+$"},
-            },
-            "required": ["required"],
-        },
-    }
 
 
 def build_payment_payload(
