@@ -1,9 +1,10 @@
 """The x402 rail, for any chain scheme (EVM exact, Hedera exact).
 
 Per request: decode the payment header (v2 `PAYMENT-SIGNATURE` or v1 `X-PAYMENT`), match
-it to an offered requirement, verify it locally, look for an earlier claim, check chain
-state, then claim it in the store. The first request to claim a payment serves it; the
-same payment again gets the stored response (one origin call, one settlement).
+it to an offered requirement, verify it locally, check chain state, then claim it in the
+store. The first request to claim a payment serves it; the same payment again (the claim
+conflicts, or the chain already shows it used) gets the stored response: one origin call,
+one settlement.
 
 Settlement per paygate: `before` (settle, then forward), `after` (forward; settle when the
 origin answered below `charge_below_status`; if settlement fails the caller gets a 402
