@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import BadRequest, NotFound, TollgateError, Unauthorized
-from gateway.rails.session import SessionRail, _token
+from gateway.rails.session import SessionRail, session_token
 from gateway.state import GATEWAY
 from sessions.activation import ActivationError
 from sessions.records import Session
@@ -99,7 +99,7 @@ async def activate(request: web.Request) -> web.Response:
 
 async def _current(request: web.Request) -> tuple[SessionRail, Session]:
     rail = _rail(request)
-    token, _ = _token(request.headers)
+    token, _ = session_token(request.headers)
     if not token:
         raise Unauthorized("send the session token in X-Hedera-Session-Id or Authorization: Bearer",
                            code="missing_session")

@@ -30,7 +30,7 @@ KEY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
-def _token(headers: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
+def session_token(headers: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
     """The session token and the headers that carried it (to strip before forwarding)."""
     if SESSION_HEADER in headers:
         return headers[SESSION_HEADER].strip(), (SESSION_HEADER,)
@@ -96,10 +96,10 @@ class SessionRail:
         }})
 
     def carries_payment(self, headers: Mapping[str, str]) -> bool:
-        return _token(headers)[0] is not None
+        return session_token(headers)[0] is not None
 
     async def accept(self, request: PaidRequest, priced: Priced) -> Charge | StoredResponse:
-        token, carriers = _token(request.headers)
+        token, carriers = session_token(request.headers)
         pg = priced.paygate
         key = next((request.headers[h] for h in KEY_HEADERS if h in request.headers), None)
         if key is None:

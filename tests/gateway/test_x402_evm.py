@@ -405,3 +405,15 @@ async def test_unreachable_origin_voids_the_payment_and_a_retry_is_told_so(gatew
         assert (await r.json())["error"] == "invalid_transaction_state"
     assert await store_of(g).counts() == {"void": 1}
     assert token_balance(evm_devnet, payer.address) == before
+
+
+async def test_a_browser_gets_the_html_paywall(paid, http):
+    g, o = await paid(description="Flights </script><script>alert(1)</script>")
+    async with http.get(g.url + "/sky/v1/flights", headers={"Accept": "text/html,*/*"}) as r:
+        assert r.status == 402
+        assert r.headers["Content-Type"].startswith("text/html")
+        page = await r.text()
+        offer = requirement_from(r.headers["PAYMENT-REQUIRED"])
+    assert "<script>alert(1)</script>" not in page
+    assert offer["amount"] in page and offer["asset"] in page
+    assert o.requests == []
