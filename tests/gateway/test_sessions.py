@@ -4,6 +4,7 @@ the gateway activates, charges per call, pulls on chain, sees revocation."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import pytest
@@ -68,7 +69,7 @@ async def test_session_lifecycle_calls_pull_and_revoke(sessions_gw, http, hedera
     assert seen.headers["X-Tollgate-Payer"] == owner.account_id
     assert seen.headers["X-Tollgate-Remaining"] == str(6 * UNIT_PRICE)
     assert "X-Hedera-Session-Id" not in seen.headers and "Idempotency-Key" in seen.headers
-    payment = json.loads(__import__("base64").b64decode(seen.headers["X-Payment"]))
+    payment = json.loads(base64.b64decode(seen.headers["X-Payment"]))
     assert payment["scheme"] == "hedera-session" and payment["payload"]["amount"] == str(UNIT_PRICE)
 
     async with http.get(g.url + "/api/sessions/current", headers={"Authorization": f"Bearer {token}"}) as r:
