@@ -112,6 +112,7 @@ class ServerConfig(_Model):
     allow_private_targets: bool = False
     shutdown_grace_seconds: float = Field(30, ge=0)
     settlement_interval_seconds: float = Field(1.0, gt=0)
+    session_api_per_minute: int = Field(30, ge=0)  # per client address; 0 = unlimited
 
     _url = field_validator("public_url")(lambda v: v if v is None else _check_http_url(v))
 

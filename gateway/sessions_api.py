@@ -73,8 +73,13 @@ def session_view(s: Session) -> dict[str, Any]:
             "created_at": int(s.created_at)}
 
 
+def _limit(request: web.Request, rail: SessionRail) -> None:
+    rail.limiter.check(request.remote or "")
+
+
 async def challenge(request: web.Request) -> web.Response:
     rail = _rail(request)
+    _limit(request, rail)
     body = await _body(request)
     terms = rail.terms(_paygate(rail, request, body["paygate"]))
     try:
@@ -85,6 +90,7 @@ async def challenge(request: web.Request) -> web.Response:
 
 async def activate(request: web.Request) -> web.Response:
     rail = _rail(request)
+    _limit(request, rail)
     body = await _body(request)
     terms = rail.terms(_paygate(rail, request, body["paygate"]))
     try:

@@ -50,6 +50,7 @@ class PullWorker:
     async def work_once(self) -> int:
         done = 0
         now = self.clock.now()
+        await self.records.drop_expired_nonces(older_than=now - 86400)
         if self.ledger is not None:
             # Charges still pending long after any request could have finished belong to
             # a gateway that died mid-call: nothing was answered, so give the money back.

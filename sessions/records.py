@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sessions.lifecycle import (
@@ -87,6 +87,13 @@ class SessionRecords:
         async with self._engine.connect() as conn:
             return (await conn.execute(select(session_nonces).where(
                 session_nonces.c.nonce == nonce))).first()
+
+    async def drop_expired_nonces(self, older_than: float) -> int:
+        """Forget nonces that expired before `older_than` (used or not)."""
+        async with self._engine.begin() as conn:
+            res = await conn.execute(delete(session_nonces).where(
+                session_nonces.c.expires_at < older_than))
+        return res.rowcount or 0
 
     async def create_session(self, *, nonce: str, token: str, paygate_id: str, owner: str,
                              spender: str, allowance: int, ttl: float) -> Session | None:

@@ -16,6 +16,7 @@ from chains.x402 import encode_header
 from gateway.config import HbarAsset, price_atomic
 from gateway.errors import Conflict, MissingIdempotencyKey, BadRequest, Unavailable
 from gateway.rails.base import Charge, Offer, PaidRequest, PaymentRejected, Priced, StoredResponse
+from gateway.ratelimit import RateLimiter
 from sessions.activation import Activation, Terms
 from sessions.ledger import Charged, KeyConflict, Ledger, Refused, Replay
 from sessions.lifecycle import request_fingerprint
@@ -56,6 +57,7 @@ class SessionRail:
         self.puller = PullWorker(self.records, link.network, link.mirror, gw.clock,
                                  destination=self.destination, window=cfg.pull_interval_seconds,
                                  ledger=self.ledger, abandon_after=longest_call + 300)
+        self.limiter = RateLimiter(gw.config.server.session_api_per_minute, gw.clock)
         self._tasks: list[asyncio.Task] = []
 
     # -- terms ---------------------------------------------------------------------------

@@ -357,3 +357,37 @@ async def test_over_pull_is_refused_and_charges_released(sessions_gw, http, hede
     await rail.refresher.refresh(session)
     after = await rail.records.get(session.id)
     assert after.state == "exhausted" and after.available == 0
+
+
+async def test_session_api_is_rate_limited_per_client(sessions_gw, http, hedera_account):
+    clock = ManualClock()
+    g, o = await sessions_gw(clock=clock)
+    owner = hedera_account()
+    body = {"account_id": owner.account_id, "paygate": "sky"}
+    for _ in range(30):  # the default: 30 per minute per client
+        async with http.post(g.url + "/api/sessions/challenge", json=body) as r:
+            assert r.status == 200
+    async with http.post(g.url + "/api/sessions/challenge", json=body) as r:
+        assert r.status == 429
+        assert (await r.json())["error"] == "rate_limited"
+        assert int(r.headers["Retry-After"]) >= 1
+    async with http.post(g.url + "/api/sessions/activate", json=body) as r:
+        assert r.status == 429  # activation shares the budget
+    clock.advance(2)  # one token back every 2 s
+    async with http.post(g.url + "/api/sessions/challenge", json=body) as r:
+        assert r.status == 200
+
+
+async def test_expired_nonces_are_forgotten(sessions_gw, http, hedera_account):
+    clock = ManualClock()
+    g, o = await sessions_gw(clock=clock)
+    owner = hedera_account()
+    async with http.post(g.url + "/api/sessions/challenge",
+                         json={"account_id": owner.account_id, "paygate": "sky"}) as r:
+        nonce = (await r.json())["nonce"]
+    rail = rail_of(g)
+    await rail.puller.work_once()
+    assert await rail.records.nonce(nonce) is not None
+    clock.advance(600 + 86400 + 1)
+    await rail.puller.work_once()
+    assert await rail.records.nonce(nonce) is None
