@@ -25,8 +25,12 @@ def create_engine(url: str) -> AsyncEngine:
         # One connection: SQLite has one writer at a time anyway, and queueing writers on
         # the pool (FIFO, no sleeping) beats letting them collide on the file lock, where
         # SQLite's busy handler backs off in sleeps of up to 100 ms.
+        # No reset on return: every transaction is committed or rolled back before its
+        # connection goes back (Connection.close rolls back an open one), so the pool's
+        # extra rollback would only cost a round trip to aiosqlite's thread.
         engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=1,
-                                     max_overflow=0, pool_timeout=60)
+                                     max_overflow=0, pool_timeout=60,
+                                     pool_reset_on_return=None)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
