@@ -10,17 +10,11 @@ from typing import Any
 from eth_account import Account
 
 from chains.x402 import decode_header, encode_header
+from tests.support.eip3009 import TRANSFER_TYPES
 
 SETTLER_ENV = "TOLLGATE_TEST_SETTLER_KEY"
 PRICE = 1000  # atomic units of the test USDC per unit (0.001)
 
-TRANSFER_TYPES = {
-    "TransferWithAuthorization": [
-        {"name": "from", "type": "address"}, {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
-        {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"},
-    ]
-}
 
 
 def x402_config(devnet, origin_url: str, *, settlement: str = "after", paygate_id: str = "sky",

@@ -16,17 +16,8 @@ from eth_account import Account
 from chains.evm.devnet import EvmDevnet
 from chains.evm.rpc import RpcClient
 from chains.evm.settle import Settler, TransferAuthorization
+from tests.support.eip3009 import TRANSFER_TYPES
 
-TRANSFER_TYPES = {
-    "TransferWithAuthorization": [
-        {"name": "from", "type": "address"},
-        {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"},
-        {"name": "validAfter", "type": "uint256"},
-        {"name": "validBefore", "type": "uint256"},
-        {"name": "nonce", "type": "bytes32"},
-    ]
-}
 
 
 def token_domain(devnet: EvmDevnet) -> dict:

@@ -21,22 +21,14 @@ from chains.evm.eip712 import (
     to_checksum_address,
     transfer_authorization_digest,
 )
+from tests.support.eip3009 import TRANSFER_TYPES
 
 KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 OTHER_KEY = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 MERCHANT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+TYPES = TRANSFER_TYPES
 
-TYPES = {
-    "TransferWithAuthorization": [
-        {"name": "from", "type": "address"},
-        {"name": "to", "type": "address"},
-        {"name": "value", "type": "uint256"},
-        {"name": "validAfter", "type": "uint256"},
-        {"name": "validBefore", "type": "uint256"},
-        {"name": "nonce", "type": "bytes32"},
-    ]
-}
 
 
 def vector(name="USD Coin", version="2", chain_id=31337, value=1000, nonce=None):

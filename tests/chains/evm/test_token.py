@@ -13,17 +13,10 @@ from eth_utils import keccak
 from chains.evm.rpc import RpcError, revert_reason, selector
 from chains.evm.settle import split_signature
 from tests.chains.evm.conftest import token_domain
+from tests.support.eip3009 import AUTH_FIELDS
 
 RECEIVE = selector("receiveWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)")
 CANCEL = selector("cancelAuthorization(address,bytes32,uint8,bytes32,bytes32)")
-AUTH_FIELDS = [
-    {"name": "from", "type": "address"},
-    {"name": "to", "type": "address"},
-    {"name": "value", "type": "uint256"},
-    {"name": "validAfter", "type": "uint256"},
-    {"name": "validBefore", "type": "uint256"},
-    {"name": "nonce", "type": "bytes32"},
-]
 
 
 async def _send(rpc, sender, token, data):
