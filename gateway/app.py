@@ -94,9 +94,9 @@ def _lifecycle(config: Config, clock: Clock):
                 await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
             gw = Gateway(config=config, router=Router(config.paygates), engine=engine,
                          secret_store=secret_store, clock=clock, http=http)
+            app[GATEWAY] = gw  # first, so a failure below still closes what was started
             await evm_chains(gw)
-            gw.rails = await build_rails(gw)
-            app[GATEWAY] = gw
+            await build_rails(gw)
             yield
         finally:
             gw_state = app.get(GATEWAY)

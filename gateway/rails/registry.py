@@ -13,14 +13,15 @@ if TYPE_CHECKING:
 
 
 async def build_rails(gw: "Gateway") -> dict[str, Rail]:
+    """Start every rail the paygates use, into `gw.rails` as each is ready (so that if
+    one fails, the ones already running are there to be closed)."""
     wanted = {name for pg in gw.config.paygates for name in pg.rails}
-    rails: dict[str, Rail] = {}
     for name in sorted(wanted):
         factory = _FACTORIES.get(name)
         if factory is None:
             raise ConfigError(f"rail {name!r} is not available in this build")
-        rails[name] = await factory(gw)
-    return rails
+        gw.rails[name] = await factory(gw)
+    return gw.rails
 
 
 async def _x402_evm(gw: "Gateway") -> Rail:
