@@ -25,9 +25,11 @@ from chains.evm.settle import SettleOutcome
 from chains.payments import NewPayment, PaymentRow, PaymentStore
 from chains.x402 import (
     NONCE_ALREADY_USED,
+    PAYMENT_IDENTIFIER,
     SettleResponse,
     VerifyResponse,
     X402Error,
+    declare_payment_identifier,
     decode_header,
     encode_header,
     parse_payment_header,
@@ -105,7 +107,10 @@ class X402Rail:
         self._inflight: set[asyncio.Task] = set()
 
     def offer(self, priced: Priced) -> Offer:
-        return Offer(accepts=self.scheme.requirements(priced))
+        # Advertise the payment-identifier extension: clients may send an id that makes
+        # a retry with a fresh signature idempotent too.
+        return Offer(accepts=self.scheme.requirements(priced),
+                     extensions={PAYMENT_IDENTIFIER: declare_payment_identifier()})
 
     def carries_payment(self, headers: Mapping[str, str]) -> bool:
         return any(h in headers for h in PAYMENT_HEADERS)
