@@ -21,7 +21,7 @@ from tests.gateway.session_support import approve
 from tests.sessions.conftest import PRICE, new_session
 
 TTL = 30.0
-LAG = 2.0  # mirror ingestion lag used to hold a pull back
+LAG = 4.0  # mirror ingestion lag used to hold a pull back (ample for a slow machine)
 
 
 class CountingMirror:
