@@ -24,7 +24,7 @@ import functools
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -53,6 +53,29 @@ class IllegalTransition(Exception):
 def check_transition(old: str, new: str) -> None:
     if new not in TRANSITIONS.get(old, ()):
         raise IllegalTransition(f"payment cannot go from {old} to {new}")
+
+
+@dataclass(frozen=True)
+class SettleOutcome:
+    """Result of a settlement attempt.
+
+    ``settled``: the authorization is used on chain (``tx_hash`` is the settling transaction
+    when known). ``failed``: it did not and will not settle through this attempt; ``reason`` is
+    an x402 errorReason code and ``detail`` the revert message or explanation. ``unknown``:
+    not resolved yet; keep ``tx_hash`` and reconcile later (every chain's scheme returns
+    this same shape).
+    """
+
+    state: Literal["settled", "failed", "unknown"]
+    tx_hash: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    block_number: int | None = None
+    gas_used: int | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.state == "settled"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector
+from chains.payments import SettleOutcome
 
 __all__ = [
     "TransferAuthorization",
@@ -45,8 +46,6 @@ __all__ = [
     "split_signature",
     "reason_code",
 ]
-
-SettleState = Literal["settled", "failed", "unknown"]
 
 TRANSFER_WITH_AUTHORIZATION = selector(
     "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
@@ -106,28 +105,6 @@ class TxReceipt:
             block_number=int(receipt["blockNumber"], 16),
             gas_used=int(receipt["gasUsed"], 16),
         )
-
-
-@dataclass(frozen=True)
-class SettleOutcome:
-    """Result of a settlement attempt.
-
-    ``settled``: the authorization is used on chain (``tx_hash`` is the settling transaction
-    when known). ``failed``: it did not and will not settle through this attempt; ``reason`` is
-    an x402 errorReason code and ``detail`` the revert message or explanation. ``unknown``:
-    not resolved yet; keep ``tx_hash`` and call :meth:`Settler.reconcile` later.
-    """
-
-    state: SettleState
-    tx_hash: str | None = None
-    reason: str | None = None
-    detail: str | None = None
-    block_number: int | None = None
-    gas_used: int | None = None
-
-    @property
-    def settled(self) -> bool:
-        return self.state == "settled"
 
 
 class SettlementRejected(Exception):

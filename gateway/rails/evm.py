@@ -14,9 +14,10 @@ from typing import Any, Awaitable, Callable
 
 from chains.evm.codec import parse_exact_evm_payload
 from chains.evm.rpc import RpcClient, RpcUnavailable
-from chains.evm.settle import SettleOutcome, Settler, TransferAuthorization
+from chains.evm.settle import Settler, TransferAuthorization
 from chains.evm.verify import CachedChainReader, check_chain_state, verify_payment
 from chains.facilitator import FacilitatorClient, FacilitatorUnavailable
+from chains.payments import SettleOutcome
 from chains.x402 import PaymentPayload, PaymentRequirements, X402Error, evm_chain_id
 from gateway.config import Config, ConfigError, Eip3009Asset, EvmNetworkConfig, price_atomic
 from gateway.errors import Unavailable

@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Awaitable, Callable
 
-from chains.evm.settle import SettleOutcome
 from chains.hedera import exact
 from chains.hedera.exact import ExactTransfer
 from chains.hedera.ids import AccountId
+from chains.payments import SettleOutcome
 from chains.x402 import (
     INSUFFICIENT_FUNDS,
     INVALID_PAYMENT_REQUIREMENTS,

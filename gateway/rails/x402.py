@@ -21,8 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from chains.evm.settle import SettleOutcome
-from chains.payments import NewPayment, PaymentRow, PaymentStore
+from chains.payments import NewPayment, PaymentRow, PaymentStore, SettleOutcome
 from chains.x402 import (
     NONCE_ALREADY_USED,
     PAYMENT_IDENTIFIER,
