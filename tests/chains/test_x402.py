@@ -27,24 +27,11 @@ from chains.x402 import (
     payment_required_body,
     select_requirement,
 )
+from tests.support.requirements import MERCHANT, TOKEN, req
 
-TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-MERCHANT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 PAYER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 
 
-def req(**kw) -> PaymentRequirements:
-    base = dict(
-        scheme="exact",
-        network="eip155:31337",
-        amount="1000",
-        asset=TOKEN,
-        payTo=MERCHANT,
-        maxTimeoutSeconds=60,
-        extra={"name": "USD Coin", "version": "2"},
-    )
-    base.update(kw)
-    return PaymentRequirements.model_validate(base)
 
 
 def b64(obj) -> str:

@@ -233,3 +233,11 @@ def _dechunk(data: bytes) -> bytes:
 @pytest.fixture
 def raw_http():
     return _raw_http
+
+
+@pytest.fixture
+def settler_key(monkeypatch, evm_devnet):
+    """The devnet's gas-paying key in the env var x402 test configs name (SETTLER_ENV)."""
+    from tests.gateway.x402_support import SETTLER_ENV
+
+    monkeypatch.setenv(SETTLER_ENV, evm_devnet.settler.private_key)

@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 
 from chains.payments import PaymentStore
-from tests.gateway.x402_support import PRICE, SETTLER_ENV, token_balance, x402_config
+from tests.gateway.x402_support import PRICE, token_balance, x402_config
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 60.0  # bound only; a run takes a few seconds (eth_account import)
 
 
-@pytest.fixture(autouse=True)
-def settler_key(monkeypatch, evm_devnet):
-    monkeypatch.setenv(SETTLER_ENV, evm_devnet.settler.private_key)
+pytestmark = pytest.mark.usefixtures("settler_key")
 
 
 async def tollgate_pay(*args: str) -> tuple[int, str, str]:

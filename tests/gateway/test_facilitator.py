@@ -15,7 +15,6 @@ from store.clock import ManualClock
 from tests.gateway.test_x402_settlement import automine_off, stop_worker
 from tests.gateway.x402_support import (
     PRICE,
-    SETTLER_ENV,
     requirement_from,
     sign_payment,
     token_balance,
@@ -23,9 +22,7 @@ from tests.gateway.x402_support import (
 )
 
 
-@pytest.fixture(autouse=True)
-def settler_key(monkeypatch, evm_devnet):
-    monkeypatch.setenv(SETTLER_ENV, evm_devnet.settler.private_key)
+pytestmark = pytest.mark.usefixtures("settler_key")
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from chains.x402 import decode_header, encode_header
 from gateway.client import PayingClient
 from tests.gateway.x402_support import (
     PRICE,
-    SETTLER_ENV,
     requirement_from,
     sign_payment,
     token_balance,
@@ -29,9 +28,7 @@ from tests.gateway.x402_support import (
 )
 
 
-@pytest.fixture(autouse=True)
-def settler_key(monkeypatch, evm_devnet):
-    monkeypatch.setenv(SETTLER_ENV, evm_devnet.settler.private_key)
+pytestmark = pytest.mark.usefixtures("settler_key")
 
 
 class DirectSettler:

@@ -15,12 +15,10 @@ from x402.schemas import PaymentRequirements
 from x402.schemas.v1 import PaymentPayloadV1, PaymentRequirementsV1
 
 from chains.payments import PaymentStore
-from tests.gateway.x402_support import PRICE, SETTLER_ENV, token_balance, x402_config
+from tests.gateway.x402_support import PRICE, token_balance, x402_config
 
 
-@pytest.fixture(autouse=True)
-def settler_key(monkeypatch, evm_devnet):
-    monkeypatch.setenv(SETTLER_ENV, evm_devnet.settler.private_key)
+pytestmark = pytest.mark.usefixtures("settler_key")
 
 
 def reference_client(devnet, payer) -> x402Client:

@@ -21,7 +21,6 @@ from store.db import create_engine, create_engine_unpooled
 from store.schema import payments
 from tests.gateway.x402_support import (
     PRICE,
-    SETTLER_ENV,
     requirement_from,
     sign_payment,
     token_balance,
@@ -32,9 +31,7 @@ from tests.support.postgres import start_postgres
 NET_WAIT = 15.0  # bound on any wait for the chain or the gateway; never a pass criterion
 
 
-@pytest.fixture(autouse=True)
-def settler_key(monkeypatch, evm_devnet):
-    monkeypatch.setenv(SETTLER_ENV, evm_devnet.settler.private_key)
+pytestmark = pytest.mark.usefixtures("settler_key")
 
 
 @contextmanager
@@ -221,7 +218,7 @@ async def test_shutdown_finishes_an_in_flight_settlement(gateway, origin, http, 
     g = await gateway(x402_config(evm_devnet, o.url, settlement="after",
                                   evm_extra={"receipt_timeout_seconds": NET_WAIT}))
     await stop_worker(g)
-    rail, store = g.gw.rails["x402-evm"], store_of(g)
+    rail = g.gw.rails["x402-evm"]
     req = await challenge_req(http, g.url + "/sky/v1/flights")
     payer = evm_devnet.payers[3]
     payer_before = token_balance(evm_devnet, payer.address)

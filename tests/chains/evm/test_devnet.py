@@ -15,7 +15,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from chains.evm.devnet import DevnetError, EvmDevnet
-from chains.evm.rpc import RpcError, RpcUnavailable, revert_reason, selector
+from chains.evm.rpc import RpcError, revert_reason, selector
 from tests.chains.evm.conftest import TRANSFER_TYPES, token_domain
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -8,31 +8,18 @@ from chains import x402
 from chains.evm.codec import Authorization, ExactEvmPayload, build_exact_evm_payload, parse_exact_evm_payload
 from chains.evm.eip712 import SECP256K1_N, address_of
 from chains.evm.verify import CachedChainReader, Verified, check_chain_state, verify_exact_evm, verify_payment
-from chains.x402 import PaymentRequirements, X402Error, build_payment_payload, parse_payment_payload
+from chains.x402 import X402Error, build_payment_payload, parse_payment_payload
+from tests.support.requirements import MERCHANT, TOKEN, req
 
 KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 OTHER_KEY = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
 PAYER = address_of(KEY)
-TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 OTHER_TOKEN = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
-MERCHANT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 CHAIN = 31337
 NOW = 1_750_000_000
 NONCE = bytes(range(32))
 
 
-def req(**kw) -> PaymentRequirements:
-    base = dict(
-        scheme="exact",
-        network="eip155:31337",
-        amount="1000",
-        asset=TOKEN,
-        payTo=MERCHANT,
-        maxTimeoutSeconds=60,
-        extra={"name": "USD Coin", "version": "2"},
-    )
-    base.update(kw)
-    return PaymentRequirements.model_validate(base)
 
 
 def pay(key=KEY, requirement=None, **kw) -> ExactEvmPayload:
