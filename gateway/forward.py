@@ -16,6 +16,7 @@ from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDict
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.ssrf import is_private_host
 
 log = logging.getLogger("tollgate.forward")
 
@@ -150,8 +151,6 @@ class GuardedResolver(AbstractResolver):
         self._allowed = {h.lower() for h in allowed_private_hosts}
 
     async def resolve(self, host: str, port: int = 0, family: int = 0):
-        from gateway.config import is_private_host
-
         allowed = host.lower() in self._allowed
         if not allowed and is_private_host(host):
             raise TargetRefused(f"{host} is a local or metadata name")

@@ -9,8 +9,9 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver
 
-from gateway.config import is_private_host, parse_config
+from gateway.config import parse_config
 from gateway.forward import GuardedResolver, TargetRefused
+from gateway.ssrf import is_private_host
 from tests.gateway.test_config import base, error_of
 
 # Addresses no paygate may reach unless private targets are allowed, by reason.
