@@ -159,6 +159,7 @@ class EvmNetworkConfig(_Model):
     rpc_url: str
     settler_key_env: str | None = None
     facilitator_url: str | None = None
+    facilitator_api_key_env: str | None = None  # bearer key sent to facilitator_url
     rpc_cache_seconds: float = Field(2.0, ge=0)
     receipt_timeout_seconds: float = Field(30, gt=0)
     deferred_exposure_limit: int = Field(0, ge=0)  # atomic units per payer; 0 = 10 x price
@@ -171,6 +172,24 @@ class EvmNetworkConfig(_Model):
         if not self.settler_key_env and not self.facilitator_url:
             raise ValueError("set settler_key_env (the gateway pays gas) or facilitator_url")
         return self
+
+    @model_validator(mode="after")
+    def _key_for_a_facilitator(self) -> "EvmNetworkConfig":
+        if self.facilitator_api_key_env and not self.facilitator_url:
+            raise ValueError("facilitator_api_key_env needs facilitator_url")
+        return self
+
+
+class FacilitatorConfig(_Model):
+    """The x402 facilitator API the gateway serves to other servers (`/facilitator/*`).
+    Off by default: when on, it pays gas for whoever holds the key, so it settles only
+    what is configured here."""
+
+    enabled: bool = False
+    api_key_env: str | None = None  # env var holding the bearer key callers must send
+    assets: list[str] | None = None  # asset ids it settles; None = every eip3009 asset
+    pay_to: list[str] = []  # if set, the only payTo addresses it settles for
+    requests_per_minute: int = Field(60, ge=0)  # per API key; 0 = unlimited
 
 
 class HederaConfig(_Model):
@@ -273,6 +292,7 @@ class Config(_Model):
     evm: dict[str, EvmNetworkConfig] = {}
     hedera: HederaConfig | None = None
     paygates: list[PaygateConfig] = []
+    facilitator: FacilitatorConfig = FacilitatorConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -288,6 +308,7 @@ class Config(_Model):
         for net in self.evm:
             if not re.fullmatch(r"eip155:[1-9]\d*", net):
                 errors.append(f"evm.{net}: must be keyed by a CAIP-2 id such as eip155:8453")
+        errors += _check_facilitator(self)
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -344,6 +365,26 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
         errors.append(f"{where}.pay_to.evm: must be a 0x-prefixed 20-byte hex address")
     if "hedera" in pg.pay_to and not re.fullmatch(r"\d+\.\d+\.\d+", pg.pay_to["hedera"]):
         errors.append(f"{where}.pay_to.hedera: must be a Hedera account id such as 0.0.1234")
+    return errors
+
+
+def _check_facilitator(cfg: Config) -> list[str]:
+    fac, errors = cfg.facilitator, []
+    if fac.enabled and not fac.api_key_env:
+        errors.append("facilitator.api_key_env: required when the facilitator is enabled")
+    for asset_id in fac.assets or ():
+        asset = cfg.assets.get(asset_id)
+        if asset is None:
+            errors.append(f"facilitator.assets: unknown asset {asset_id!r}")
+        elif not isinstance(asset, Eip3009Asset):
+            errors.append(f"facilitator.assets: {asset_id!r} is not an eip3009 asset")
+        elif asset.network not in cfg.evm:
+            errors.append(f"facilitator.assets: {asset_id!r} needs an [evm.\"{asset.network}\"] "
+                          "section")
+    for address in fac.pay_to:
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+            errors.append(f"facilitator.pay_to: {address!r} is not a 0x-prefixed 20-byte "
+                          "hex address")
     return errors
 
 
