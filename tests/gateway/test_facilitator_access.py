@@ -5,6 +5,8 @@ the settler's account nonce (no transaction sent) and the token balances."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from eth_abi import encode
 from eth_utils import to_checksum_address
@@ -13,6 +15,9 @@ from chains.evm.devnet import load_artifact
 from chains.evm.rpc import selector
 from chains.x402 import decode_header
 from gateway.config import ConfigError, parse_config
+from gateway.errors import RateLimited, Unauthorized
+from gateway.facilitator import Access
+from gateway.ratelimit import RateLimiter
 from store.clock import ManualClock
 from tests.gateway.x402_support import PRICE, requirement_from, sign_payment, x402_config
 
@@ -272,3 +277,19 @@ async def test_enabled_without_a_usable_key_refuses_to_start(value, gateway, ori
     with pytest.raises(ConfigError) as exc:
         await gateway(enabled(evm_devnet, o.url))
     assert "facilitator.api_key_env" in str(exc.value)
+
+
+def test_each_key_has_its_own_allowance():
+    """The limit counts per key name: one key used up leaves another untouched (the seam
+    where further keys, e.g. operator keys, join `accepted_keys`)."""
+    keys = {"first": "a" * 32, "second": "b" * 32}
+    access = Access({n: hashlib.sha256(k.encode()).digest() for n, k in keys.items()},
+                    RateLimiter(1, ManualClock()))
+    assert access.admit("Bearer " + keys["first"]) == "first"
+    assert access.admit("bearer " + keys["second"]) == "second"
+    access.limiter.check("first")
+    with pytest.raises(RateLimited):
+        access.limiter.check("first")
+    access.limiter.check("second")
+    with pytest.raises(Unauthorized):
+        access.admit("Bearer " + "c" * 32)

@@ -32,6 +32,7 @@ REFUSED_ADDRESSES = [
     "64:ff9b:1::808:808",                      # local-use NAT64 prefix (RFC 8215)
     "fd00:ec2::254",                           # AWS metadata over IPv6
     "fec0::1",                                 # deprecated site-local
+    "fe80::1%eth0",                            # link-local with a zone
 ]
 # Cloud metadata names, and names that are local by definition.
 REFUSED_NAMES = [
