@@ -140,7 +140,7 @@ class TargetRefused(OSError):
 
 class GuardedResolver(AbstractResolver):
     """DNS for origin connections that refuses local and cloud-metadata names and drops
-    every address `is_private_address` refuses, except for hosts whose paygate allows
+    every address `gateway.ssrf` refuses, except for hosts whose paygate allows
     private targets. A config can only check targets written as IP literals or known
     names; this checks what a name resolves to, at connect time, so a public name
     pointing at 10.0.0.1 (or ::ffff:127.0.0.1) is refused too."""

@@ -59,8 +59,8 @@ def _create_key_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; say so rather than rely on it
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # mkstemp already uses 0600; say so, not rely on it
             fh.write(Fernet.generate_key() + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
