@@ -3,7 +3,7 @@
 `load_config(path)` returns a `Config` or raises `ConfigError` whose message names each
 bad key (`paygates[0].target: ...`) and what is wrong with it. Money never passes
 through a float: prices are written as strings (or integers) of whole asset units and
-converted once, here, to integer atomic units (`Paygate.price_atomic`).
+converted once, here, to integer atomic units (`price_atomic(cfg, paygate, asset_id)`).
 """
 
 from __future__ import annotations
