@@ -3,14 +3,12 @@
 `load_config(path)` returns a `Config` or raises `ConfigError` whose message names each
 bad key (`paygates[0].target: ...`) and what is wrong with it. Money never passes
 through a float: prices are written as strings (or integers) of whole asset units and
-converted once, here, to integer atomic units (`Paygate.price_atomic`).
+converted once, here, to integer atomic units (`price_atomic(cfg, paygate, asset_id)`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 import tomllib
 from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
@@ -26,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from gateway.ssrf import is_private_host
 
 RAILS = ("x402-evm", "x402-hedera", "hedera-session")
 Rail = Literal["x402-evm", "x402-hedera", "hedera-session"]
@@ -86,22 +86,6 @@ def _check_http_url(value: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment")
     return value.rstrip("/")
-
-
-def is_private_host(host: str) -> bool:
-    """Loopback, private, link-local or unspecified literal address, or localhost."""
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        # Short numeric IPv4 forms ("127.1", "2130706433", "0x7f000001") that
-        # ipaddress refuses but every resolver (inet_aton) turns into an address.
-        try:
-            ip = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return False
-    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified or ip.is_reserved
 
 
 class ServerConfig(_Model):
@@ -175,6 +159,7 @@ class EvmNetworkConfig(_Model):
     rpc_url: str
     settler_key_env: str | None = None
     facilitator_url: str | None = None
+    facilitator_api_key_env: str | None = None  # bearer key sent to facilitator_url
     rpc_cache_seconds: float = Field(2.0, ge=0)
     receipt_timeout_seconds: float = Field(30, gt=0)
     deferred_exposure_limit: int = Field(0, ge=0)  # atomic units per payer; 0 = 10 x price
@@ -187,6 +172,24 @@ class EvmNetworkConfig(_Model):
         if not self.settler_key_env and not self.facilitator_url:
             raise ValueError("set settler_key_env (the gateway pays gas) or facilitator_url")
         return self
+
+    @model_validator(mode="after")
+    def _key_for_a_facilitator(self) -> "EvmNetworkConfig":
+        if self.facilitator_api_key_env and not self.facilitator_url:
+            raise ValueError("facilitator_api_key_env needs facilitator_url")
+        return self
+
+
+class FacilitatorConfig(_Model):
+    """The x402 facilitator API the gateway serves to other servers (`/facilitator/*`).
+    Off by default: when on, it pays gas for whoever holds the key, so it settles only
+    what is configured here."""
+
+    enabled: bool = False
+    api_key_env: str | None = None  # env var holding the bearer key callers must send
+    assets: list[str] | None = None  # asset ids it settles; None = every eip3009 asset
+    pay_to: list[str] = []  # if set, the only payTo addresses it settles for
+    requests_per_minute: int = Field(60, ge=0)  # per API key; 0 = unlimited
 
 
 class HederaConfig(_Model):
@@ -289,6 +292,7 @@ class Config(_Model):
     evm: dict[str, EvmNetworkConfig] = {}
     hedera: HederaConfig | None = None
     paygates: list[PaygateConfig] = []
+    facilitator: FacilitatorConfig = FacilitatorConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -304,6 +308,7 @@ class Config(_Model):
         for net in self.evm:
             if not re.fullmatch(r"eip155:[1-9]\d*", net):
                 errors.append(f"evm.{net}: must be keyed by a CAIP-2 id such as eip155:8453")
+        errors += _check_facilitator(self)
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -354,12 +359,32 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
         else cfg.server.allow_private_targets
     if not allow and is_private_host(host):
         errors.append(
-            f"{where}.target: {host} is a loopback/private address; set "
+            f"{where}.target: {host} is a loopback/private/metadata address; set "
             "allow_private_target = true (or server.allow_private_targets) to allow it")
     if "evm" in pg.pay_to and not re.fullmatch(r"0x[0-9a-fA-F]{40}", pg.pay_to["evm"]):
         errors.append(f"{where}.pay_to.evm: must be a 0x-prefixed 20-byte hex address")
     if "hedera" in pg.pay_to and not re.fullmatch(r"\d+\.\d+\.\d+", pg.pay_to["hedera"]):
         errors.append(f"{where}.pay_to.hedera: must be a Hedera account id such as 0.0.1234")
+    return errors
+
+
+def _check_facilitator(cfg: Config) -> list[str]:
+    fac, errors = cfg.facilitator, []
+    if fac.enabled and not fac.api_key_env:
+        errors.append("facilitator.api_key_env: required when the facilitator is enabled")
+    for asset_id in fac.assets or ():
+        asset = cfg.assets.get(asset_id)
+        if asset is None:
+            errors.append(f"facilitator.assets: unknown asset {asset_id!r}")
+        elif not isinstance(asset, Eip3009Asset):
+            errors.append(f"facilitator.assets: {asset_id!r} is not an eip3009 asset")
+        elif asset.network not in cfg.evm:
+            errors.append(f"facilitator.assets: {asset_id!r} needs an [evm.\"{asset.network}\"] "
+                          "section")
+    for address in fac.pay_to:
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+            errors.append(f"facilitator.pay_to: {address!r} is not a 0x-prefixed 20-byte "
+                          "hex address")
     return errors
 
 

@@ -3,13 +3,10 @@
     TollgateError                      (status, code) -> {"error": code, "message": ...}
     ├── BadRequest            400 bad_request        malformed header, body, id
     │   └── MissingIdempotencyKey  400 missing_idempotency_key
-    ├── Unauthorized          401 unauthorized
-    ├── PaymentRequired       402 payment_required   (the 402 challenge builds its own body)
-    ├── Forbidden             403 forbidden
+    ├── Unauthorized          401 unauthorized       session token, facilitator API key
     ├── NotFound              404 not_found          no paygate, unknown resource
     ├── Conflict              409 conflict           idempotency key or payment id reused
     ├── PayloadTooLarge       413 payload_too_large  request body over the cap
-    ├── HeaderTooLarge        431 header_too_large
     ├── RateLimited           429 rate_limited
     ├── UpstreamError         502 upstream_error     origin unreachable, reset, response too large
     ├── Unavailable           503 unavailable        store, chain RPC or mirror down: fail closed
@@ -17,7 +14,8 @@
 
 Handlers raise these; `gateway.app`'s middleware turns them into responses. Anything else
 that escapes a handler is a bug: it is logged with its traceback and answered 500
-`internal_error` without detail.
+`internal_error` without detail. A 402 is not an error here: `gateway.challenge` builds
+the challenge.
 """
 
 from __future__ import annotations
@@ -62,16 +60,6 @@ class Unauthorized(TollgateError):
     code = "unauthorized"
 
 
-class PaymentRequired(TollgateError):
-    status = 402
-    code = "payment_required"
-
-
-class Forbidden(TollgateError):
-    status = 403
-    code = "forbidden"
-
-
 class NotFound(TollgateError):
     status = 404
     code = "not_found"
@@ -90,11 +78,6 @@ class PayloadTooLarge(TollgateError):
 class RateLimited(TollgateError):
     status = 429
     code = "rate_limited"
-
-
-class HeaderTooLarge(TollgateError):
-    status = 431
-    code = "header_too_large"
 
 
 class UpstreamError(TollgateError):

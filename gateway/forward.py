@@ -16,6 +16,7 @@ from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDict
 
 from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.ssrf import is_private_host
 
 log = logging.getLogger("tollgate.forward")
 
@@ -138,20 +139,23 @@ class TargetRefused(OSError):
 
 
 class GuardedResolver(AbstractResolver):
-    """DNS for origin connections that drops loopback, private, link-local and reserved
-    addresses, except for hosts whose paygate allows private targets. A config can only
-    check targets written as IP literals; this checks what a name resolves to, at
-    connect time, so a public name pointing at 10.0.0.1 is refused too."""
+    """DNS for origin connections that refuses local and cloud-metadata names and drops
+    every address `gateway.ssrf` refuses, except for hosts whose paygate allows
+    private targets. A config can only check targets written as IP literals or known
+    names; this checks what a name resolves to, at connect time, so a public name
+    pointing at 10.0.0.1 (or ::ffff:127.0.0.1) is refused too."""
 
-    def __init__(self, allowed_private_hosts: set[str]) -> None:
-        self._inner = DefaultResolver()
+    def __init__(self, allowed_private_hosts: set[str],
+                 inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()  # the DNS lookup itself (a seam for tests)
         self._allowed = {h.lower() for h in allowed_private_hosts}
 
     async def resolve(self, host: str, port: int = 0, family: int = 0):
-        from gateway.config import is_private_host
-
+        allowed = host.lower() in self._allowed
+        if not allowed and is_private_host(host):
+            raise TargetRefused(f"{host} is a local or metadata name")
         infos = await self._inner.resolve(host, port, family)
-        if host.lower() in self._allowed:
+        if allowed:
             return infos
         public = [i for i in infos if not is_private_host(i["host"])]
         if not public:

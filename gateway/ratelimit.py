@@ -1,5 +1,6 @@
 """Per-client rate limits for the endpoints anyone can call without paying (session
-challenges and activations): a token bucket per client address, in memory.
+challenges and activations, per client address) and for the facilitator API (per API
+key): a token bucket per client, in memory.
 
 Each instance limits on its own; behind a load balancer the effective limit is the sum
 over instances, which is enough to stop one client from flooding the store with nonces.

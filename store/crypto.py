@@ -8,6 +8,7 @@ makes stored secrets unreadable, which is the point: the database alone reveals 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -38,15 +39,34 @@ class SecretBox:
 
 
 def load_master_key(env_name: str, key_file: str | Path) -> SecretBox:
-    """The env var wins; else the key file, created (0600) when absent."""
+    """The env var wins; else the key file, created (0600) when absent.
+
+    Safe when several processes start at once without a key file: exactly one key is
+    created and every process ends up with it (see `_create_key_file`)."""
     value = os.environ.get(env_name)
     if value:
         return SecretBox(value.strip().encode("ascii"))
     path = Path(key_file)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = Fernet.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key + b"\n")
+        _create_key_file(path)
     return SecretBox(path.read_bytes().strip())
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a fresh key to a private temporary file in the same directory, then link it
+    into place. `link` fails if the name exists, so the first process to link wins and
+    the others read the winner's key; the name never points at a partly written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # mkstemp already uses 0600; say so, not rely on it
+            fh.write(Fernet.generate_key() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+    finally:
+        os.unlink(tmp)

@@ -40,7 +40,13 @@ class EvmNetwork:
         self.settler: Settler | None = None
         self.facilitator: FacilitatorClient | None = None
         if cfg.facilitator_url:
-            self.facilitator = FacilitatorClient(cfg.facilitator_url)
+            api_key = None
+            if cfg.facilitator_api_key_env:
+                api_key = os.environ.get(cfg.facilitator_api_key_env)
+                if not api_key:
+                    raise ConfigError(f"evm.{network}.facilitator_api_key_env: environment "
+                                      f"variable {cfg.facilitator_api_key_env} is not set")
+            self.facilitator = FacilitatorClient(cfg.facilitator_url, api_key=api_key)
         elif cfg.settler_key_env:
             key = os.environ.get(cfg.settler_key_env)
             if not key:

@@ -11,7 +11,16 @@ import pytest
 from chains.facilitator import FacilitatorClient, FacilitatorUnavailable
 from chains.payments import PaymentStore
 from chains.x402 import PaymentRequirements, decode_header
+from gateway.config import ConfigError
 from store.clock import ManualClock
+from tests.gateway.test_facilitator_access import (  # noqa: F401  (facilitator_key: a fixture)
+    AUTH,
+    FAC_ENV,
+    FAC_KEY,
+    enabled,
+    facilitator_key,
+    settler_nonce,
+)
 from tests.gateway.test_x402_settlement import automine_off, stop_worker
 from tests.gateway.x402_support import (
     PRICE,
@@ -22,14 +31,14 @@ from tests.gateway.x402_support import (
 )
 
 
-pytestmark = pytest.mark.usefixtures("settler_key")
+pytestmark = pytest.mark.usefixtures("settler_key", "facilitator_key")
 
 
 @pytest.fixture
 async def fac(gateway, origin, http, evm_devnet):
-    """(gateway A with a settler key, one requirement it offers)."""
+    """(gateway A with a settler key and the facilitator API on, one requirement it offers)."""
     o = await origin()
-    g = await gateway(x402_config(evm_devnet, o.url))
+    g = await gateway(enabled(evm_devnet, o.url))
     async with http.get(g.url + "/sky/v1/flights") as r:
         req = requirement_from(r.headers["PAYMENT-REQUIRED"])
     return g, req
@@ -48,7 +57,7 @@ def closed_port() -> int:
 
 async def test_supported_lists_exact_on_the_devnet_and_the_settler(fac, http, evm_devnet):
     g, _req = fac
-    async with http.get(g.url + "/facilitator/supported") as r:
+    async with http.get(g.url + "/facilitator/supported", headers=AUTH) as r:
         assert r.status == 200
         body = await r.json()
     kinds = body["kinds"]
@@ -62,7 +71,8 @@ async def test_supported_lists_exact_on_the_devnet_and_the_settler(fac, http, ev
 async def test_verify_accepts_a_valid_payment(fac, http, evm_devnet):
     g, req = fac
     payer = evm_devnet.payers[0]
-    async with http.post(g.url + "/facilitator/verify", json=body_for(evm_devnet, req)) as r:
+    async with http.post(g.url + "/facilitator/verify", json=body_for(evm_devnet, req),
+                         headers=AUTH) as r:
         assert r.status == 200
         assert await r.json() == {"isValid": True, "payer": payer.address}
 
@@ -83,7 +93,7 @@ async def test_verify_rejects_bad_payments_with_200_and_a_reason(case, reason, f
     }[case]
     merchant_before = token_balance(evm_devnet, evm_devnet.merchant.address)
     async with http.post(g.url + "/facilitator/verify",
-                         json=body_for(evm_devnet, req, payer, **sign)) as r:
+                         json=body_for(evm_devnet, req, payer, **sign), headers=AUTH) as r:
         assert r.status == 200
         body = await r.json()
     assert body["isValid"] is False
@@ -110,8 +120,8 @@ async def test_malformed_requests_are_400_json(path, case, code, fac, http, evm_
         "missing_requirements": {k: v for k, v in good.items() if k != "paymentRequirements"},
         "bad_requirements": {**good, "paymentRequirements": {"scheme": "exact"}},
     }[case]
-    kw = {"data": data, "headers": {"Content-Type": "application/json"}} \
-        if isinstance(data, bytes) else {"json": data}
+    kw = {"data": data, "headers": {**AUTH, "Content-Type": "application/json"}} \
+        if isinstance(data, bytes) else {"json": data, "headers": AUTH}
     async with http.post(g.url + f"/facilitator/{path}", **kw) as r:
         assert r.status == 400
         assert r.content_type == "application/json"
@@ -125,7 +135,7 @@ async def test_settle_moves_money_once_and_refuses_the_same_payload_again(fac, h
     payer = evm_devnet.payers[1]
     body = body_for(evm_devnet, req, payer)
     payer_before = token_balance(evm_devnet, payer.address)
-    async with http.post(g.url + "/facilitator/settle", json=body) as r:
+    async with http.post(g.url + "/facilitator/settle", json=body, headers=AUTH) as r:
         assert r.status == 200
         first = await r.json()
     assert first["success"] is True, first
@@ -136,7 +146,7 @@ async def test_settle_moves_money_once_and_refuses_the_same_payload_again(fac, h
     assert receipt["from"].lower() == evm_devnet.settler.address.lower()
     assert token_balance(evm_devnet, payer.address) == payer_before - PRICE
 
-    async with http.post(g.url + "/facilitator/settle", json=body) as r:
+    async with http.post(g.url + "/facilitator/settle", json=body, headers=AUTH) as r:
         assert r.status == 200
         again = await r.json()
     assert again["success"] is False
@@ -153,6 +163,7 @@ async def test_gateway_settles_through_another_gateways_facilitator(fac, gateway
     net = cfg["evm"][evm_devnet.network]
     del net["settler_key_env"]
     net["facilitator_url"] = a.url + "/facilitator"
+    net["facilitator_api_key_env"] = FAC_ENV
     b = await gateway(cfg)
     assert b.gw.evm.networks[evm_devnet.network].settler is None
     async with http.get(b.url + "/sky/v1/flights") as r:
@@ -202,6 +213,74 @@ async def test_facilitator_client_against_a_closed_port_is_unavailable(evm_devne
         await client.aclose()
 
 
+@pytest.mark.parametrize("key", [None, "wrong-key-" + "x" * 32])
+async def test_facilitator_client_sends_the_key_and_a_refused_key_is_unavailable(
+        key, fac, evm_devnet):
+    """401 says nothing about the payment: unavailable (outcome unknown), never a verdict."""
+    a, req_dict = fac
+    req = PaymentRequirements.model_validate(req_dict)
+    payload = body_for(evm_devnet, req_dict)["paymentPayload"]
+    nonce = settler_nonce(evm_devnet)
+    client = FacilitatorClient(a.url + "/facilitator", api_key=key, timeout=5)
+    try:
+        with pytest.raises(FacilitatorUnavailable, match="401"):
+            await client.verify(payload, req)
+        with pytest.raises(FacilitatorUnavailable, match="401"):
+            await client.settle(payload, req)
+        with pytest.raises(FacilitatorUnavailable):
+            await client.supported()
+    finally:
+        await client.aclose()
+    assert settler_nonce(evm_devnet) == nonce
+    good = FacilitatorClient(a.url + "/facilitator", api_key=FAC_KEY, timeout=5)
+    try:
+        assert (await good.verify(payload, req)).is_valid
+        assert (await good.supported())["kinds"]
+    finally:
+        await good.aclose()
+
+
+async def test_gateway_with_a_wrong_facilitator_key_keeps_the_payment_unknown(
+        fac, gateway, origin, http, evm_devnet, monkeypatch):
+    a, _req = fac
+    monkeypatch.setenv("TOLLGATE_TEST_WRONG_FACILITATOR_KEY", "wrong-key-" + "x" * 32)
+    o = await origin()
+    cfg = x402_config(evm_devnet, o.url)
+    net = cfg["evm"][evm_devnet.network]
+    del net["settler_key_env"]
+    net["facilitator_url"] = a.url + "/facilitator"
+    net["facilitator_api_key_env"] = "TOLLGATE_TEST_WRONG_FACILITATOR_KEY"
+    b = await gateway(cfg)
+    await stop_worker(b)
+    async with http.get(b.url + "/sky/v1/flights") as r:
+        req = requirement_from(r.headers["PAYMENT-REQUIRED"])
+    payer = evm_devnet.payers[3]
+    payer_before = token_balance(evm_devnet, payer.address)
+    nonce = settler_nonce(evm_devnet)
+    async with http.get(b.url + "/sky/v1/flights",
+                        headers={"PAYMENT-SIGNATURE": sign_payment(evm_devnet, payer, req)}) as r:
+        assert r.status == 200
+    (row_id,) = await _ids(b)
+    row = await PaymentStore(b.gw.engine, b.gw.clock).get(row_id)
+    assert row.state == "unknown" and row.tx_hash is None  # retried later, not lost as failed
+    assert settler_nonce(evm_devnet) == nonce
+    assert token_balance(evm_devnet, payer.address) == payer_before
+
+
+async def test_a_facilitator_key_env_that_is_unset_refuses_to_start(gateway, origin, evm_devnet,
+                                                                    monkeypatch):
+    monkeypatch.delenv("TOLLGATE_TEST_UNSET_FACILITATOR_KEY", raising=False)
+    o = await origin()
+    cfg = x402_config(evm_devnet, o.url)
+    net = cfg["evm"][evm_devnet.network]
+    del net["settler_key_env"]
+    net["facilitator_url"] = "https://facilitator.example.com"
+    net["facilitator_api_key_env"] = "TOLLGATE_TEST_UNSET_FACILITATOR_KEY"
+    with pytest.raises(ConfigError) as exc:
+        await gateway(cfg)
+    assert "facilitator_api_key_env" in str(exc.value)
+
+
 async def test_facilitator_down_leaves_the_payment_unknown_never_a_402(gateway, origin, http,
                                                                       evm_devnet):
     clock = ManualClock()
@@ -242,11 +321,14 @@ async def test_unmined_settlement_is_pending_not_success_and_b_reconciles_it(
     success. B (settling through A) serves the caller, keeps the payment `unknown` with A's
     transaction, sends nothing more while it is pending, and settles it once mined."""
     o = await origin()
-    a = await gateway(x402_config(evm_devnet, o.url, evm_extra={"receipt_timeout_seconds": 0.2}))
+    a_cfg = enabled(evm_devnet, o.url)
+    a_cfg["evm"][evm_devnet.network]["receipt_timeout_seconds"] = 0.2
+    a = await gateway(a_cfg)
     cfg = x402_config(evm_devnet, o.url)
     net = cfg["evm"][evm_devnet.network]
     del net["settler_key_env"]
     net["facilitator_url"] = a.url + "/facilitator"
+    net["facilitator_api_key_env"] = FAC_ENV
     clock = ManualClock()
     b = await gateway(cfg, clock=clock)
     await stop_worker(b)
@@ -265,7 +347,7 @@ async def test_unmined_settlement_is_pending_not_success_and_b_reconciles_it(
     with automine_off(evm_devnet):
         # A, asked directly: not a success while the transaction is pending.
         async with http.post(a.url + "/facilitator/settle",
-                             json=body_for(evm_devnet, req, payer)) as r:
+                             json=body_for(evm_devnet, req, payer), headers=AUTH) as r:
             assert r.status == 200
             direct = await r.json()
         assert direct["success"] is False
