@@ -365,14 +365,16 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
 
 def _check_overlaps(paygates: list[PaygateConfig]) -> list[str]:
     """Two paygates overlap when a request path could match both: same host (or either
-    without a host) and one prefix equal to, or a path-segment prefix of, the other."""
+    without a host) and one prefix equal to, or a path-segment prefix of, the other,
+    ignoring letter case."""
     errors = []
     for i, a in enumerate(paygates):
         for j in range(i):
             b = paygates[j]
             if a.host and b.host and a.host.lower() != b.host.lower():
                 continue
-            pa, pb = a.prefix.rstrip("/") + "/", b.prefix.rstrip("/") + "/"
+            # prefixes match without regard to case (gateway.routing.strip_prefix)
+            pa, pb = a.prefix.rstrip("/").lower() + "/", b.prefix.rstrip("/").lower() + "/"
             if pa.startswith(pb) or pb.startswith(pa):
                 errors.append(
                     f"paygates[{i}].prefix: {a.prefix!r} overlaps paygates[{j}] ({b.prefix!r})")

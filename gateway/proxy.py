@@ -24,7 +24,7 @@ from gateway.challenge import challenge, paywall_html, wants_html
 from gateway.errors import NotFound, BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from gateway.origin_headers import origin_auth_headers
 from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
-from gateway.routing import Match, has_dot_segments, strip_prefix
+from gateway.routing import Match, path_problem, strip_prefix
 from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("tollgate.proxy")
@@ -57,8 +57,10 @@ class _Body:
 async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     path = request.path
-    if has_dot_segments(path):
-        raise BadRequest("path must not contain . or .. segments", code="invalid_path")
+    # The path rule: refuse, before pricing, any spelling an origin could route elsewhere.
+    problem = path_problem(request.rel_url.raw_path)
+    if problem is not None:
+        raise BadRequest(problem, code="invalid_path")
     forward.check_headers(request.headers.items())
     match = gw.router.match(request.method, request.host, path)
     if match is None:
@@ -159,6 +161,9 @@ def _upstream_target(target: str, prefix: str, raw_path_qs: str, decoded_sub: st
     """The origin URL and its request target (path?query) exactly as sent on the wire:
     the caller's own percent-encoding is kept (so `%3F` stays in the path and the
     `request` signature covers what the origin receives), under the target's base path."""
+    if not raw_path_qs.startswith("/"):  # absolute-form request target
+        url = URL(raw_path_qs, encoded=True)
+        raw_path_qs = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
     raw_path, _, raw_query = raw_path_qs.partition("?")
     sub = strip_prefix(prefix, raw_path)
     if sub is None:  # the prefix itself came percent-encoded: re-encode the decoded rest
