@@ -117,7 +117,7 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
                                                       match.subpath)
     secrets = await gw.origin_secrets(pg.id)
     digest = _EMPTY_SHA256
-    if pg.origin_auth.mode == "request":
+    if pg.origin_auth.signs_request:
         digest = hashlib.sha256(await body.read()).hexdigest()
     headers = forward.request_headers_for_origin(
         request.headers.items(), client_ip=request.remote or "", proto=request.scheme,
@@ -127,7 +127,9 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         payer=charge.payer if charge else "", x_payment=charge.x_payment if charge else "",
         x_payment_response=charge.x_payment_response if charge else "",
         remaining=charge.remaining if charge else None, method=request.method,
-        path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now()))
+        path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now(),
+        sign_request=pg.origin_auth.signs_request, header_prefix=pg.origin_auth.header_prefix,
+        legacy_path_line=pg.origin_auth.legacy_path_line))
 
     rail = gw.rails[charge.rail] if charge else None
     try:

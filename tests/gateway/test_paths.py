@@ -170,3 +170,37 @@ async def test_a_differently_spelt_prefix_does_not_reach_another_paygate(
     assert resp.status == 402
     assert int(requirement_from(resp.headers["PAYMENT-REQUIRED"])["amount"]) == 25 * PRICE
     assert o.requests == []
+
+
+async def test_a_paid_call_binds_its_payment_context_for_the_origin(
+        gateway, origin, http, evm_devnet):
+    """A real paid booking: the origin's verifier (gateway.origin, default request mode)
+    accepts what arrived, and refuses the same headers with the units or the payment
+    receipt swapped."""
+    from gateway import origin as origin_lib
+
+    o = await origin()
+    g = await gateway(x402_config(evm_devnet, o.url, prefix="/skyroute", paygate_id="sky",
+                                  rules=RULES))
+    async with http.post(g.url + "/skyroute/v1/bookings") as r:
+        req = requirement_from(r.headers["PAYMENT-REQUIRED"])
+    pay = sign_payment(evm_devnet, evm_devnet.payers[5], req)
+    async with http.post(g.url + "/skyroute/v1/bookings",
+                         headers={"PAYMENT-SIGNATURE": pay}) as r:
+        assert r.status == 200, await r.text()
+    (seen,) = o.requests
+    secret = (await g.gw.origin_secrets("sky")).current
+    cache = origin_lib.ReplayCache()
+    paid = origin_lib.verify("request", "POST", seen.raw_path, seen.headers, b"", [secret],
+                             replay_cache=cache)
+    assert paid.units == 25 and paid.payer == evm_devnet.payers[5].address
+    assert paid.payment is not None and paid.payment_response is not None
+    for name, value in (("X-Tollgate-Units", "1"), ("X-Payment-Response", "e30=")):
+        with pytest.raises(origin_lib.OriginAuthError) as e:
+            origin_lib.verify("request", "POST", seen.raw_path, {**seen.headers, name: value},
+                              b"", [secret])
+        assert e.value.reason == "bad_context"
+    with pytest.raises(origin_lib.OriginAuthError) as e:
+        origin_lib.verify("request", "POST", seen.raw_path, seen.headers, b"", [secret],
+                          replay_cache=cache)
+    assert e.value.reason == "replayed_request"
