@@ -45,7 +45,8 @@ Recipes (secrets are strings; the HMAC key is ``secret.encode("utf-8")``):
   bound to the request by ``X-Tollgate-Context: v1=<hex HMAC-SHA256(secret,
   "tollgate-context-v1\\n" + canonical + "\\n" + six lines)>``, canonical being the
   ``request`` string above (with the ``?``) and the lines, in that header order,
-  ``name:value`` (lower-case name) or just ``name`` when the header is absent.
+  ``name:value`` (lower-case name) or just ``name`` when the header is absent or
+  empty.
   ``X-Tollgate-Signature`` itself is unchanged, so earlier copies of this verifier
   still accept it. The verifier requires ``X-Tollgate-Context`` whenever a context
   header is present.
@@ -263,7 +264,8 @@ def _context_message(canonical: bytes, context: Mapping[str, str]) -> bytes:
     lines = []
     for name in CONTEXT_HEADERS:
         key = name.lower()
-        lines.append(f"{key}:{h[key]}" if key in h else key)
+        # empty counts as absent (some proxies drop empty headers; both mean "none")
+        lines.append(f"{key}:{h[key]}" if h.get(key) else key)
     text = "\n".join(lines)
     if "\r" in text or text.count("\n") != len(lines) - 1:
         raise ValueError("context header values may not contain newlines")

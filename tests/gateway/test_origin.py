@@ -74,7 +74,8 @@ def info_headers() -> dict[str, str]:
 # Built from the SPEC recipes again: the request canonical string (path line
 # `path + "?" + query`, the "?" always there) and the context binding
 # X-Tollgate-Context = v1=<hex HMAC(secret, "tollgate-context-v1\n" + canonical + "\n" +
-# one line per context header in a fixed order: "name:value", or "name" when absent)>.
+# one line per context header in a fixed order: "name:value", or "name" when absent or
+# empty)>.
 
 CONTEXT_NAMES = ("x-tollgate-payer", "x-tollgate-paygate", "x-tollgate-units",
                  "x-tollgate-remaining", "x-payment", "x-payment-response")
@@ -87,7 +88,7 @@ def spec_canonical(method, path, query, ts, request_id, body: bytes) -> str:
 
 def spec_context(secret, canonical: str, context: dict[str, str]) -> str:
     lower = {k.lower(): v for k, v in context.items()}
-    lines = [f"{n}:{lower[n]}" if n in lower else n for n in CONTEXT_NAMES]
+    lines = [f"{n}:{lower[n]}" if lower.get(n) else n for n in CONTEXT_NAMES]
     message = "tollgate-context-v1\n" + canonical + "\n" + "\n".join(lines)
     return "v1=" + hmac.new(secret.encode(), message.encode(), "sha256").hexdigest()
 
@@ -755,3 +756,13 @@ def test_gateway_signing_matches_the_recipes_and_the_v1_verifier():
     legacy = sign("/v1/bookings", legacy_path_line=True)
     assert v1_verify("POST", "/v1/bookings", legacy, BODY, [SECRET], now=NOW)
     assert verify("request", "POST", "/v1/bookings", legacy, BODY, [SECRET], now=NOW).units == 25
+
+
+def test_an_empty_context_header_counts_as_absent():
+    """A free call carries `X-Tollgate-Payer: ` (empty); a proxy that drops empty
+    headers on the way must not break the binding, and it changes no claim."""
+    headers = gateway_headers(method="GET", path="/v1/status", context=FREE_CONTEXT)
+    without = {k: v for k, v in headers.items() if k != "X-Tollgate-Payer"}
+    for h in (headers, without):
+        paid = verify_request("GET", "/v1/status", h, b"", [SECRET], now=NOW)
+        assert paid.payer is None and paid.units == 0
