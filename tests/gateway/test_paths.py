@@ -13,14 +13,46 @@ from __future__ import annotations
 
 import posixpath
 import re
+import uuid
 from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
+from sqlalchemy import text
 
+from store import migrations
+from store.db import create_engine_unpooled
 from tests.gateway.x402_support import PRICE, requirement_from, sign_payment, token_balance, x402_config
+from tests.support.postgres import start_postgres
 
 pytestmark = pytest.mark.usefixtures("settler_key")
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    with start_postgres(database="tollgate") as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_config(request) -> dict:
+    """{} for the fixture's own SQLite store, or a fresh migrated PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("postgres_server")
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine_unpooled(server.url)
+    async with admin.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    url = server.url.rsplit("/", 1)[0] + "/" + name
+    engine = create_engine_unpooled(url)
+    try:
+        await migrations.migrate(engine)
+    finally:
+        await engine.dispose()
+    return {"database": {"url": url}}
 
 # The origin's own price list (what the provider configured the rules for).
 ORIGIN_ROUTES = {
@@ -133,10 +165,11 @@ async def test_every_spelling_is_served_at_its_own_price_or_refused_uncharged(
 
 
 async def test_refused_spellings_charge_nothing_even_with_a_valid_payment(
-        gateway, origin, raw_http, http, evm_devnet):
+        gateway, origin, raw_http, http, evm_devnet, store_config):
     o = await origin(lenient_origin)
     g = await gateway(x402_config(evm_devnet, o.url, prefix="/skyroute", paygate_id="sky",
-                                  rules=RULES, default_units=1))
+                                  rules=RULES, default_units=1) | store_config)
+    assert g.gw.engine.dialect.name == ("postgresql" if store_config else "sqlite")
     payer = evm_devnet.payers[4]
     async with http.post(g.url + "/skyroute/v1/bookings") as r:
         req = requirement_from(r.headers["PAYMENT-REQUIRED"])
@@ -150,6 +183,8 @@ async def test_refused_spellings_charge_nothing_even_with_a_valid_payment(
         assert resp.json()["error"] == "invalid_path"
     assert o.requests == []
     assert token_balance(evm_devnet, payer.address) == balance
+    async with g.gw.engine.connect() as conn:  # not even a claim was recorded
+        assert (await conn.execute(text("SELECT count(*) FROM payments"))).scalar() == 0
 
 
 async def test_a_differently_spelt_prefix_does_not_reach_another_paygate(
@@ -173,7 +208,7 @@ async def test_a_differently_spelt_prefix_does_not_reach_another_paygate(
 
 
 async def test_a_paid_call_binds_its_payment_context_for_the_origin(
-        gateway, origin, http, evm_devnet):
+        gateway, origin, http, evm_devnet, store_config):
     """A real paid booking: the origin's verifier (gateway.origin, default request mode)
     accepts what arrived, and refuses the same headers with the units or the payment
     receipt swapped."""
@@ -181,7 +216,8 @@ async def test_a_paid_call_binds_its_payment_context_for_the_origin(
 
     o = await origin()
     g = await gateway(x402_config(evm_devnet, o.url, prefix="/skyroute", paygate_id="sky",
-                                  rules=RULES))
+                                  rules=RULES) | store_config)
+    assert g.gw.engine.dialect.name == ("postgresql" if store_config else "sqlite")
     async with http.post(g.url + "/skyroute/v1/bookings") as r:
         req = requirement_from(r.headers["PAYMENT-REQUIRED"])
     pay = sign_payment(evm_devnet, evm_devnet.payers[5], req)
