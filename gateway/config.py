@@ -233,10 +233,40 @@ class ResourceRule(_Model):
         return v
 
 
+_HEADER_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*")
+
+
 class OriginAuthConfig(_Model):
-    mode: Literal["hmac", "plaintext", "request"] = "hmac"
+    """How the origin recognises the gateway (recipes in gateway.origin). `request`
+    resists replay and is the default; `hmac` / `plaintext` keep the Sigwei recipes and,
+    unless `sign_request = false`, also carry the `request`-mode headers.
+    `header_prefix` names those headers (`X-PayFence` for PayFence origins);
+    `legacy_path_line` signs a query-less path without its `?`, for origins still running
+    a copy of the first release's verifier."""
+
+    mode: Literal["hmac", "plaintext", "request"] = "request"
     secret_env: str | None = None
     rotation_grace_seconds: int = Field(3600, ge=0)
+    header_prefix: str = "X-Tollgate"
+    sign_request: bool = True
+    legacy_path_line: bool = False
+
+    @field_validator("header_prefix")
+    @classmethod
+    def _header_prefix(cls, v: str) -> str:
+        if not _HEADER_PREFIX.fullmatch(v) or len(v) > 40:
+            raise ValueError("must be a header name prefix such as X-PayFence")
+        return v
+
+    @model_validator(mode="after")
+    def _request_mode_signs(self) -> "OriginAuthConfig":
+        if self.mode == "request" and not self.sign_request:
+            raise ValueError("sign_request = false needs mode hmac or plaintext")
+        return self
+
+    @property
+    def signs_request(self) -> bool:
+        return self.mode == "request" or self.sign_request
 
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -390,14 +420,16 @@ def _check_facilitator(cfg: Config) -> list[str]:
 
 def _check_overlaps(paygates: list[PaygateConfig]) -> list[str]:
     """Two paygates overlap when a request path could match both: same host (or either
-    without a host) and one prefix equal to, or a path-segment prefix of, the other."""
+    without a host) and one prefix equal to, or a path-segment prefix of, the other,
+    ignoring letter case."""
     errors = []
     for i, a in enumerate(paygates):
         for j in range(i):
             b = paygates[j]
             if a.host and b.host and a.host.lower() != b.host.lower():
                 continue
-            pa, pb = a.prefix.rstrip("/") + "/", b.prefix.rstrip("/") + "/"
+            # prefixes match without regard to case (gateway.routing.strip_prefix)
+            pa, pb = a.prefix.rstrip("/").lower() + "/", b.prefix.rstrip("/").lower() + "/"
             if pa.startswith(pb) or pb.startswith(pa):
                 errors.append(
                     f"paygates[{i}].prefix: {a.prefix!r} overlaps paygates[{j}] ({b.prefix!r})")

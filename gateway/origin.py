@@ -15,15 +15,15 @@ Provider quick start (aiohttp)::
         paid = request["tollgate"]          # a GatewayPayment
         return web.json_response({"payer": paid.payer, "units": paid.units})
 
-    app = web.Application(middlewares=[aiohttp_middleware(["<current>", "<previous>"],
-                                                          mode="request")])
+    app = web.Application(middlewares=[aiohttp_middleware(["<current>", "<previous>"])])
     app.router.add_get("/flights", flights)
     web.run_app(app)
 
-ASGI apps: ``app = ASGIMiddleware(app, secrets, mode="request")``; the payment is
-then in ``scope["state"]["tollgate"]`` (``request.state.tollgate`` in Starlette).
-Anything else: call ``verify(mode, method, path_qs, headers, body, secrets)`` and
-answer 403 when it raises ``OriginAuthError``.
+ASGI apps: ``app = ASGIMiddleware(app, secrets)``; the payment is then in
+``scope["state"]["tollgate"]`` (``request.state.tollgate`` in Starlette). The
+middlewares default to ``request`` mode and keep a per-process cache of request ids
+to refuse replays. Anything else: call ``verify(mode, method, path_qs, headers, body,
+secrets, replay_cache=cache)`` and answer 403 when it raises ``OriginAuthError``.
 
 Recipes (secrets are strings; the HMAC key is ``secret.encode("utf-8")``):
 
@@ -32,18 +32,35 @@ Recipes (secrets are strings; the HMAC key is ``secret.encode("utf-8")``):
   header counting as the empty string.
 * ``plaintext``: ``Sigwei-Secret: <secret>``.
 * ``request``: canonical = ``METHOD\\nPATH?QUERY\\nTIMESTAMP\\nREQUEST_ID\\n
-  sha256hex(body)`` (METHOD upper-cased; the path alone when the query is empty),
-  sent as ``X-Tollgate-Timestamp`` (unix seconds), ``X-Tollgate-Request-Id`` and
-  ``X-Tollgate-Signature: v1=<hex HMAC-SHA256(secret, canonical)>``. Origins reject
-  ``|now - timestamp| > tolerance`` (300 s by default).
+  sha256hex(body)`` (METHOD upper-cased; the ``?`` is there even when the query is
+  empty, as PayFence builds it), sent as ``X-Tollgate-Timestamp`` (unix seconds),
+  ``X-Tollgate-Request-Id`` and ``X-Tollgate-Signature: v1=<hex HMAC-SHA256(secret,
+  canonical)>``. Origins reject ``|now - timestamp| > tolerance`` (300 s by default)
+  and may refuse a request id seen before (``ReplayCache``). ``header_prefix =
+  "X-PayFence"`` renames the three headers (``X-PayFence-Signature`` ...). For a
+  transition period the verifier also accepts the first release's path line (the path
+  alone when the query is empty).
+* Payment context: ``X-Tollgate-Payer``, ``X-Tollgate-Paygate``, ``X-Tollgate-Units``,
+  ``X-Tollgate-Remaining`` (sessions), ``X-Payment`` and ``X-Payment-Response`` are
+  bound to the request by ``X-Tollgate-Context: v1=<hex HMAC-SHA256(secret,
+  "tollgate-context-v1\\n" + canonical + "\\n" + six lines)>``, canonical being the
+  ``request`` string above (with the ``?``) and the lines, in that header order,
+  ``name:value`` (lower-case name) or just ``name`` when the header is absent or
+  empty.
+  ``X-Tollgate-Signature`` itself is unchanged, so earlier copies of this verifier
+  still accept it. The verifier requires ``X-Tollgate-Context`` whenever a context
+  header is present.
+
+In ``hmac`` and ``plaintext`` modes the gateway sends the ``request``-mode headers and
+the context binding too (the Sigwei recipes have no timestamp: a captured header set
+would verify forever), and ``verify`` requires them unless
+``require_request_headers=False`` (for origins behind a Sigwei-only gateway; they then
+check the headers only when present, and the unsigned ``X-Tollgate-*`` claims are
+reported as None).
 
 ``PATH?QUERY`` is the request target exactly as it travels on the wire to the
 origin (still percent-encoded), so the gateway must sign the path the origin will
 see, including any base path of the upstream URL.
-
-Every mode also carries ``X-Tollgate-Payer``, ``X-Tollgate-Paygate``,
-``X-Tollgate-Units`` and, for sessions, ``X-Tollgate-Remaining``. Note that these
-informational headers are not covered by any signature.
 """
 
 from __future__ import annotations
@@ -54,9 +71,11 @@ import hashlib
 import hmac
 import json
 import re
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 from urllib.parse import quote
 
@@ -73,9 +92,15 @@ __all__ = [
     "HEADER_PAYGATE",
     "HEADER_UNITS",
     "HEADER_REMAINING",
+    "HEADER_CONTEXT",
+    "CONTEXT_HEADERS",
+    "DEFAULT_HEADER_PREFIX",
     "DEFAULT_TOLERANCE",
     "OriginAuthError",
     "GatewayPayment",
+    "ReplayCache",
+    "request_header_names",
+    "context_signature",
     "hmac_signature",
     "request_canonical",
     "request_canonical_from_digest",
@@ -103,6 +128,12 @@ HEADER_PAYER = "X-Tollgate-Payer"
 HEADER_PAYGATE = "X-Tollgate-Paygate"
 HEADER_UNITS = "X-Tollgate-Units"
 HEADER_REMAINING = "X-Tollgate-Remaining"
+HEADER_CONTEXT = "X-Tollgate-Context"
+# The payment context bound by HEADER_CONTEXT, in the order its lines are signed.
+CONTEXT_HEADERS = (HEADER_PAYER, HEADER_PAYGATE, HEADER_UNITS, HEADER_REMAINING,
+                   HEADER_PAYMENT, HEADER_PAYMENT_RESPONSE)
+CONTEXT_DOMAIN = "tollgate-context-v1"
+DEFAULT_HEADER_PREFIX = "X-Tollgate"
 
 DEFAULT_TOLERANCE = 300
 SIGNATURE_VERSION = "v1="
@@ -119,6 +150,9 @@ _MESSAGES = {
     "timestamp_out_of_range": "X-Tollgate-Timestamp is too far from the current time",
     "missing_request_id": "X-Tollgate-Request-Id is missing",
     "bad_request_id": "X-Tollgate-Request-Id is malformed",
+    "missing_context": "payment context headers came without X-Tollgate-Context",
+    "bad_context": "the payment context does not match X-Tollgate-Context",
+    "replayed_request": "this request id was already used",
 }
 
 
@@ -126,7 +160,8 @@ class OriginAuthError(Exception):
     """A request failed origin auth. ``reason`` is a stable machine-readable code:
     ``missing_secret``, ``missing_signature``, ``bad_signature``,
     ``missing_timestamp``, ``bad_timestamp``, ``timestamp_out_of_range``,
-    ``missing_request_id`` or ``bad_request_id``."""
+    ``missing_request_id``, ``bad_request_id``, ``missing_context``, ``bad_context`` or
+    ``replayed_request``."""
 
     def __init__(self, reason: str, message: str | None = None):
         self.reason = reason
@@ -141,7 +176,8 @@ class GatewayPayment:
     ``payment`` / ``payment_response`` are the decoded ``X-Payment`` /
     ``X-Payment-Response`` JSON objects (None when absent or undecodable);
     ``units`` / ``remaining`` are None when absent or not integers; ``request_id``
-    is set in ``request`` mode (origins may use it to refuse replays).
+    is set whenever the ``request``-mode headers were verified (origins may use it to
+    refuse replays).
     """
 
     payer: str | None
@@ -169,25 +205,36 @@ def hmac_signature(secret: str, x_payment: str, x_payment_response: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def _normalize_path_qs(path_qs: str) -> str:
-    # "path alone when there is no query": an empty query is no query.
-    return path_qs[:-1] if path_qs.endswith("?") else path_qs
+def _path_line(path_qs: str, legacy: bool = False) -> str:
+    # PayFence's recipe: path + "?" + query, the "?" there even for an empty query. The
+    # first release signed the path alone then (``legacy``).
+    path, _, query = path_qs.partition("?")
+    if legacy:
+        return f"{path}?{query}" if query else path
+    return f"{path}?{query}"
+
+
+def request_header_names(prefix: str = DEFAULT_HEADER_PREFIX) -> tuple[str, str, str]:
+    """(signature, timestamp, request id) header names under ``prefix``."""
+    return f"{prefix}-Signature", f"{prefix}-Timestamp", f"{prefix}-Request-Id"
 
 
 def request_canonical_from_digest(
-    method: str, path_qs: str, timestamp: int | str, request_id: str, body_sha256_hex: str
+    method: str, path_qs: str, timestamp: int | str, request_id: str, body_sha256_hex: str,
+    *, legacy_path_line: bool = False,
 ) -> bytes:
     """``request`` mode canonical string from an already computed body digest.
 
-    ``path_qs`` is the percent-encoded request target (path, plus ``?query`` when
-    the query is not empty). ``timestamp`` is unix seconds; a string is used
-    verbatim. Raises ValueError when a component contains a newline or the digest
-    is not 64 hex digits."""
+    ``path_qs`` is the percent-encoded request target (path, and ``?query``); the
+    path line always has the ``?``, unless ``legacy_path_line`` asks for the first
+    release's form (the path alone when the query is empty). ``timestamp`` is unix
+    seconds; a string is used verbatim. Raises ValueError when a component contains
+    a newline or the digest is not 64 hex digits."""
     ts = str(int(timestamp)) if isinstance(timestamp, int) else str(timestamp)
     digest = body_sha256_hex.lower()
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ValueError("body_sha256_hex must be 64 hex digits")
-    parts = (method.upper(), _normalize_path_qs(path_qs), ts, request_id, digest)
+    parts = (method.upper(), _path_line(path_qs, legacy_path_line), ts, request_id, digest)
     if any("\n" in p or "\r" in p for p in parts):
         raise ValueError("canonical request components may not contain newlines")
     return "\n".join(parts).encode("utf-8")
@@ -204,11 +251,33 @@ def request_canonical(
 
 def request_signature_from_digest(
     secret: str, method: str, path_qs: str, timestamp: int | str, request_id: str,
-    body_sha256_hex: str,
+    body_sha256_hex: str, *, legacy_path_line: bool = False,
 ) -> str:
     """``X-Tollgate-Signature`` value ("v1=<hex>") for a body given by its digest."""
-    canonical = request_canonical_from_digest(method, path_qs, timestamp, request_id, body_sha256_hex)
+    canonical = request_canonical_from_digest(method, path_qs, timestamp, request_id,
+                                              body_sha256_hex, legacy_path_line=legacy_path_line)
     return SIGNATURE_VERSION + hmac.new(_key(secret), canonical, hashlib.sha256).hexdigest()
+
+
+def _context_message(canonical: bytes, context: Mapping[str, str]) -> bytes:
+    h = _lookup(context)
+    lines = []
+    for name in CONTEXT_HEADERS:
+        key = name.lower()
+        # empty counts as absent (some proxies drop empty headers; both mean "none")
+        lines.append(f"{key}:{h[key]}" if h.get(key) else key)
+    text = "\n".join(lines)
+    if "\r" in text or text.count("\n") != len(lines) - 1:
+        raise ValueError("context header values may not contain newlines")
+    return f"{CONTEXT_DOMAIN}\n".encode() + canonical + ("\n" + text).encode("utf-8")
+
+
+def context_signature(secret: str, canonical: bytes, context: Mapping[str, str]) -> str:
+    """``X-Tollgate-Context`` value ("v1=<hex>"): binds the payment context headers in
+    ``context`` (any of CONTEXT_HEADERS; others are ignored) to the request whose
+    ``request`` canonical string (with the ``?`` path line) is ``canonical``."""
+    message = _context_message(canonical, context)
+    return SIGNATURE_VERSION + hmac.new(_key(secret), message, hashlib.sha256).hexdigest()
 
 
 def request_signature(
@@ -284,12 +353,14 @@ def _decode_or_none(value: str | None) -> dict | None:
         return None
 
 
-def _payment(h: dict[str, str], mode: str, request_id: str | None = None) -> GatewayPayment:
+def _payment(h: dict[str, str], mode: str, request_id: str | None = None,
+             context_trusted: bool = True) -> GatewayPayment:
+    trusted = h if context_trusted else {}
     return GatewayPayment(
-        payer=h.get(HEADER_PAYER.lower()) or None,
-        paygate=h.get(HEADER_PAYGATE.lower()) or None,
-        units=_int_or_none(h.get(HEADER_UNITS.lower())),
-        remaining=_int_or_none(h.get(HEADER_REMAINING.lower())),
+        payer=trusted.get(HEADER_PAYER.lower()) or None,
+        paygate=trusted.get(HEADER_PAYGATE.lower()) or None,
+        units=_int_or_none(trusted.get(HEADER_UNITS.lower())),
+        remaining=_int_or_none(trusted.get(HEADER_REMAINING.lower())),
         payment=_decode_or_none(h.get(HEADER_PAYMENT.lower())),
         payment_response=_decode_or_none(h.get(HEADER_PAYMENT_RESPONSE.lower())),
         mode=mode,
@@ -297,10 +368,44 @@ def _payment(h: dict[str, str], mode: str, request_id: str | None = None) -> Gat
     )
 
 
-def verify_hmac(headers: Mapping[str, str], secrets: SecretsArg) -> GatewayPayment:
-    """Verify ``hmac`` mode against any of ``secrets`` (current, then previous)."""
-    keys = _secret_list(secrets)
-    h = _lookup(headers)
+class ReplayCache:
+    """The request ids this process accepted whose timestamps are still inside the
+    window, so a captured request replayed within it is refused (``replayed_request``).
+
+    Bounded: past ``capacity`` ids the oldest is forgotten (size it for your peak rate
+    times twice the tolerance; the default holds 100 000). Per process: origins running
+    several processes or hosts need a shared store to refuse replays across them.
+    Thread-safe."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._seen: OrderedDict[str, float] = OrderedDict()  # request id -> expiry
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check_and_add(self, request_id: str, timestamp: int, now: float, tolerance: int) -> None:
+        """Record ``request_id``; raise OriginAuthError("replayed_request") if it was
+        recorded before and its timestamp could still pass the window check."""
+        with self._lock:
+            while self._seen:  # ids that can no longer pass the timestamp check
+                oldest = next(iter(self._seen))
+                if self._seen[oldest] >= now:
+                    break
+                del self._seen[oldest]
+            expiry = self._seen.get(request_id)
+            if expiry is not None and expiry >= now:
+                raise OriginAuthError("replayed_request")
+            self._seen[request_id] = timestamp + tolerance
+            self._seen.move_to_end(request_id)
+            while len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+
+
+def _sigwei_hmac(h: dict[str, str], keys: list[str]) -> None:
     given = h.get(HEADER_HMAC_SIGNATURE.lower())
     if not given:
         raise OriginAuthError("missing_signature")
@@ -310,13 +415,9 @@ def verify_hmac(headers: Mapping[str, str], secrets: SecretsArg) -> GatewayPayme
     matches = [_same(hmac_signature(k, xp, xpr), given.strip()) for k in keys]
     if not any(matches):
         raise OriginAuthError("bad_signature")
-    return _payment(h, "hmac")
 
 
-def verify_plaintext(headers: Mapping[str, str], secrets: SecretsArg) -> GatewayPayment:
-    """Verify ``plaintext`` mode: ``Sigwei-Secret`` equals one of ``secrets``."""
-    keys = _secret_list(secrets)
-    h = _lookup(headers)
+def _sigwei_plaintext(h: dict[str, str], keys: list[str]) -> None:
     given = h.get(HEADER_PLAINTEXT_SECRET.lower())
     if not given:
         raise OriginAuthError("missing_signature")
@@ -325,7 +426,79 @@ def verify_plaintext(headers: Mapping[str, str], secrets: SecretsArg) -> Gateway
     matches = [hmac.compare_digest(hashlib.sha256(_key(k)).digest(), given_digest) for k in keys]
     if not any(matches):
         raise OriginAuthError("bad_signature")
-    return _payment(h, "plaintext")
+
+
+def _sigwei_mode(mode, check, headers, secrets, method, path_qs, body, now, tolerance,
+                 replay_cache, header_prefix, require_request_headers) -> GatewayPayment:
+    keys = _secret_list(secrets)
+    h = _lookup(headers)
+    check(h, keys)
+    carried = any(name.lower() in h for name in request_header_names(header_prefix))
+    if not (carried or require_request_headers):
+        # A Sigwei-only request: its recipe signs the payment headers and nothing else,
+        # so the X-Tollgate-* claims beside it are not believed.
+        return _payment(h, mode, context_trusted=False)
+    if method is None or path_qs is None:
+        raise ValueError("pass method and path_qs to check the request-mode headers")
+    paid = verify_request(method, path_qs, headers, body, keys, now=now, tolerance=tolerance,
+                          replay_cache=replay_cache, header_prefix=header_prefix)
+    return replace(paid, mode=mode)
+
+
+def verify_hmac(
+    headers: Mapping[str, str],
+    secrets: SecretsArg,
+    method: str | None = None,
+    path_qs: str | None = None,
+    body: bytes = b"",
+    *,
+    now: float | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+    replay_cache: "ReplayCache | None" = None,
+    header_prefix: str = DEFAULT_HEADER_PREFIX,
+    require_request_headers: bool = True,
+) -> GatewayPayment:
+    """Verify ``hmac`` mode against any of ``secrets`` (current, then previous): the
+    Sigwei signature, then the ``request``-mode headers and the context binding (see
+    ``verify_request``; ``method``, ``path_qs`` and ``body`` are needed for them).
+    ``require_request_headers=False`` accepts a request without them (checking them
+    when present); the payer, paygate, units and remaining are then None."""
+    return _sigwei_mode("hmac", _sigwei_hmac, headers, secrets, method, path_qs, body, now,
+                        tolerance, replay_cache, header_prefix, require_request_headers)
+
+
+def verify_plaintext(
+    headers: Mapping[str, str],
+    secrets: SecretsArg,
+    method: str | None = None,
+    path_qs: str | None = None,
+    body: bytes = b"",
+    *,
+    now: float | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+    replay_cache: "ReplayCache | None" = None,
+    header_prefix: str = DEFAULT_HEADER_PREFIX,
+    require_request_headers: bool = True,
+) -> GatewayPayment:
+    """Verify ``plaintext`` mode: ``Sigwei-Secret`` equals one of ``secrets``; then as
+    ``verify_hmac``. (Whoever sees one forwarded request holds the secret itself.)"""
+    return _sigwei_mode("plaintext", _sigwei_plaintext, headers, secrets, method, path_qs,
+                        body, now, tolerance, replay_cache, header_prefix,
+                        require_request_headers)
+
+
+def _check_context(h: dict[str, str], keys: list[str], canonical: bytes) -> None:
+    given = (h.get(HEADER_CONTEXT.lower()) or "").strip()
+    if not given:
+        if any(name.lower() in h for name in CONTEXT_HEADERS):
+            raise OriginAuthError("missing_context")
+        return
+    try:
+        expected = [context_signature(k, canonical, h) for k in keys]
+    except ValueError:
+        raise OriginAuthError("bad_context") from None
+    if not any([_same(e, given.lower()) for e in expected]):
+        raise OriginAuthError("bad_context")
 
 
 def verify_request(
@@ -336,16 +509,23 @@ def verify_request(
     secrets: SecretsArg,
     now: float | None = None,
     tolerance: int = DEFAULT_TOLERANCE,
+    *,
+    replay_cache: "ReplayCache | None" = None,
+    header_prefix: str = DEFAULT_HEADER_PREFIX,
 ) -> GatewayPayment:
     """Verify ``request`` mode. ``path_qs`` is the raw (percent-encoded) request
     target as received; ``body`` the complete request body; ``now`` defaults to
-    ``time.time()``. The timestamp must lie within ``tolerance`` seconds of now."""
+    ``time.time()``. The timestamp must lie within ``tolerance`` seconds of now. The
+    signature may use either path line (with ``?``, or the first release's). When a
+    payment context header is present, ``X-Tollgate-Context`` must bind it. With a
+    ``replay_cache``, a request id accepted before is refused."""
     keys = _secret_list(secrets)
     h = _lookup(headers)
-    given = (h.get(HEADER_SIGNATURE.lower()) or "").strip()
+    sig_name, ts_name, id_name = (n.lower() for n in request_header_names(header_prefix))
+    given = (h.get(sig_name) or "").strip()
     if not given:
         raise OriginAuthError("missing_signature")
-    ts = (h.get(HEADER_TIMESTAMP.lower()) or "").strip()
+    ts = (h.get(ts_name) or "").strip()
     if not ts:
         raise OriginAuthError("missing_timestamp")
     if not (ts.isascii() and ts.isdigit()):
@@ -353,20 +533,25 @@ def verify_request(
     current = time.time() if now is None else now
     if abs(current - int(ts)) > tolerance:
         raise OriginAuthError("timestamp_out_of_range")
-    request_id = h.get(HEADER_REQUEST_ID.lower()) or ""
+    request_id = h.get(id_name) or ""
     if not request_id:
         raise OriginAuthError("missing_request_id")
     if not given.startswith(SIGNATURE_VERSION):
         raise OriginAuthError("bad_signature", "unsupported signature version")
     digest = hashlib.sha256(body or b"").hexdigest()
     try:
-        expected = [
-            request_signature_from_digest(k, method, path_qs, ts, request_id, digest) for k in keys
-        ]
+        canonical = request_canonical_from_digest(method, path_qs, ts, request_id, digest)
+        legacy = request_canonical_from_digest(method, path_qs, ts, request_id, digest,
+                                               legacy_path_line=True)
     except ValueError:
         raise OriginAuthError("bad_request_id") from None
+    expected = [SIGNATURE_VERSION + hmac.new(_key(k), c, hashlib.sha256).hexdigest()
+                for k in keys for c in {canonical, legacy}]
     if not any([_same(e, given.lower()) for e in expected]):
         raise OriginAuthError("bad_signature")
+    _check_context(h, keys, canonical)
+    if replay_cache is not None:  # only once everything verified: forgeries record nothing
+        replay_cache.check_and_add(request_id, int(ts), current, tolerance)
     return _payment(h, "request", request_id)
 
 
@@ -379,15 +564,24 @@ def verify(
     secrets: SecretsArg,
     now: float | None = None,
     tolerance: int = DEFAULT_TOLERANCE,
+    *,
+    replay_cache: "ReplayCache | None" = None,
+    header_prefix: str = DEFAULT_HEADER_PREFIX,
+    require_request_headers: bool = True,
 ) -> GatewayPayment:
     """Verify a request in ``mode`` ("hmac", "plaintext" or "request"); raises
-    OriginAuthError on failure and ValueError for an unknown mode."""
+    OriginAuthError on failure and ValueError for an unknown mode.
+    ``require_request_headers`` only matters in ``hmac`` and ``plaintext`` modes."""
+    opts = {"now": now, "tolerance": tolerance, "replay_cache": replay_cache,
+            "header_prefix": header_prefix}
     if mode == "hmac":
-        return verify_hmac(headers, secrets)
+        return verify_hmac(headers, secrets, method, path_qs, body,
+                           require_request_headers=require_request_headers, **opts)
     if mode == "plaintext":
-        return verify_plaintext(headers, secrets)
+        return verify_plaintext(headers, secrets, method, path_qs, body,
+                                require_request_headers=require_request_headers, **opts)
     if mode == "request":
-        return verify_request(method, path_qs, headers, body, secrets, now=now, tolerance=tolerance)
+        return verify_request(method, path_qs, headers, body, secrets, **opts)
     raise ValueError(f"unknown origin auth mode {mode!r}; expected one of {MODES}")
 
 
@@ -404,33 +598,45 @@ def _error_body(err: OriginAuthError) -> dict[str, str]:
     return {"error": err.reason, "message": err.message}
 
 
+def _cache(replay_cache: "ReplayCache | bool | None") -> "ReplayCache | None":
+    if replay_cache is True:
+        return ReplayCache()
+    return replay_cache or None
+
+
 # --------------------------------------------------------------------------- middleware
 
 
 def aiohttp_middleware(
-    secrets: SecretsSource, mode: str = "hmac", tolerance: int = DEFAULT_TOLERANCE
+    secrets: SecretsSource, mode: str = "request", tolerance: int = DEFAULT_TOLERANCE, *,
+    replay_cache: "ReplayCache | bool" = True, header_prefix: str = DEFAULT_HEADER_PREFIX,
+    require_request_headers: bool = True,
 ):
     """aiohttp middleware verifying every request. ``secrets`` is a sequence or a
     zero-argument callable returning one (read on each request, for rotation).
     Failures get 403 JSON ``{"error": reason, "message": ...}``; on success the
-    GatewayPayment is stored at ``request["tollgate"]``. In ``request`` mode the
-    body is read (and stays readable by the handler, aiohttp caches it).
+    GatewayPayment is stored at ``request["tollgate"]``. The body is read (and stays
+    readable by the handler, aiohttp caches it). ``replay_cache``: True (default) keeps
+    a per-process ``ReplayCache``; pass your own, or False to keep none.
 
     The plain string key "tollgate" is part of the contract, so aiohttp's advice
     to use ``web.RequestKey`` (NotAppKeyWarning) is silenced for this module only."""
     from aiohttp import web
 
     _check_mode(mode)
+    cache = _cache(replay_cache)
     not_app_key = getattr(web, "NotAppKeyWarning", None)
     if not_app_key is not None:
         warnings.filterwarnings("ignore", category=not_app_key, module=re.escape(__name__) + "$")
 
     @web.middleware
     async def tollgate_origin_auth(request, handler):
-        body = await request.read() if mode == "request" else b""
+        body = await request.read()
         try:
             paid = verify(mode, request.method, request.raw_path, request.headers, body,
-                          _resolve(secrets), tolerance=tolerance)
+                          _resolve(secrets), tolerance=tolerance, replay_cache=cache,
+                          header_prefix=header_prefix,
+                          require_request_headers=require_request_headers)
         except OriginAuthError as err:
             return web.json_response(_error_body(err), status=403)
         request["tollgate"] = paid
@@ -441,39 +647,45 @@ def aiohttp_middleware(
 
 class ASGIMiddleware:
     """ASGI middleware verifying every HTTP request; other scope types (lifespan,
-    websocket) pass through untouched. In ``request`` mode the body is buffered,
-    verified, then replayed to the app as one ``http.request`` message. On success
-    the GatewayPayment is put at ``scope["state"]["tollgate"]``; failures get 403
-    JSON ``{"error": reason, "message": ...}``."""
+    websocket) pass through untouched. The body is buffered, verified, then replayed
+    to the app as one ``http.request`` message. On success the GatewayPayment is put
+    at ``scope["state"]["tollgate"]``; failures get 403 JSON ``{"error": reason,
+    "message": ...}``. Options as ``aiohttp_middleware``."""
 
-    def __init__(self, app, secrets: SecretsSource, mode: str = "hmac",
-                 tolerance: int = DEFAULT_TOLERANCE):
+    def __init__(self, app, secrets: SecretsSource, mode: str = "request",
+                 tolerance: int = DEFAULT_TOLERANCE, *,
+                 replay_cache: "ReplayCache | bool" = True,
+                 header_prefix: str = DEFAULT_HEADER_PREFIX,
+                 require_request_headers: bool = True):
         _check_mode(mode)
         self.app = app
         self.secrets = secrets
         self.mode = mode
         self.tolerance = tolerance
+        self.replay_cache = _cache(replay_cache)
+        self.header_prefix = header_prefix
+        self.require_request_headers = require_request_headers
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        body = b""
-        if self.mode == "request":
-            chunks = []
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            receive = _replay(body, receive)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        receive = _replay(body, receive)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
         try:
             paid = verify(self.mode, scope.get("method", "GET"), _asgi_path_qs(scope), headers,
-                          body, _resolve(self.secrets), tolerance=self.tolerance)
+                          body, _resolve(self.secrets), tolerance=self.tolerance,
+                          replay_cache=self.replay_cache, header_prefix=self.header_prefix,
+                          require_request_headers=self.require_request_headers)
         except OriginAuthError as err:
             await _send_json(send, 403, _error_body(err))
             return

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import secrets as _random
 
-from gateway.origin import hmac_signature, request_signature_from_digest
+from gateway.origin import (
+    CONTEXT_HEADERS,
+    DEFAULT_HEADER_PREFIX,
+    HEADER_CONTEXT,
+    context_signature,
+    hmac_signature,
+    request_canonical_from_digest,
+    request_header_names,
+    request_signature_from_digest,
+)
 
 
 def origin_auth_headers(
@@ -23,7 +32,15 @@ def origin_auth_headers(
     path_qs: str,
     body_sha256_hex: str,
     now: float,
+    sign_request: bool = True,
+    header_prefix: str = DEFAULT_HEADER_PREFIX,
+    legacy_path_line: bool = False,
 ) -> dict[str, str]:
+    """The payment context, the mode's own header (Sigwei recipes), and, in `request`
+    mode or when `sign_request` is set, the `request`-mode signature under
+    `header_prefix` plus X-Tollgate-Context binding the context to this request.
+    `path_qs` is the request target exactly as sent to the origin; `body_sha256_hex`
+    the digest of the body sent (ignored when nothing is signed)."""
     headers = {
         "X-Tollgate-Payer": payer,
         "X-Tollgate-Paygate": paygate_id,
@@ -39,13 +56,19 @@ def origin_auth_headers(
         headers["Sigwei-Auth-Signature"] = hmac_signature(secret, x_payment, x_payment_response)
     elif mode == "plaintext":
         headers["Sigwei-Secret"] = secret
-    elif mode == "request":
-        ts = str(int(now))
-        request_id = _random.token_hex(16)
-        headers["X-Tollgate-Timestamp"] = ts
-        headers["X-Tollgate-Request-Id"] = request_id
-        headers["X-Tollgate-Signature"] = request_signature_from_digest(
-            secret, method, path_qs, ts, request_id, body_sha256_hex)
-    else:  # config validation makes this unreachable
+    elif mode != "request":  # config validation makes this unreachable
         raise ValueError(f"unknown origin auth mode {mode!r}")
+    if mode != "request" and not sign_request:
+        return headers
+    context = {name: headers[name] for name in CONTEXT_HEADERS if name in headers}
+    ts = str(int(now))
+    request_id = _random.token_hex(16)
+    sig_name, ts_name, id_name = request_header_names(header_prefix)
+    headers[ts_name] = ts
+    headers[id_name] = request_id
+    headers[sig_name] = request_signature_from_digest(
+        secret, method, path_qs, ts, request_id, body_sha256_hex,
+        legacy_path_line=legacy_path_line)
+    canonical = request_canonical_from_digest(method, path_qs, ts, request_id, body_sha256_hex)
+    headers[HEADER_CONTEXT] = context_signature(secret, canonical, context)
     return headers

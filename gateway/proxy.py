@@ -24,7 +24,7 @@ from gateway.challenge import challenge, paywall_html, wants_html
 from gateway.errors import NotFound, BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
 from gateway.origin_headers import origin_auth_headers
 from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
-from gateway.routing import Match, has_dot_segments, strip_prefix
+from gateway.routing import Match, path_problem, strip_prefix
 from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("tollgate.proxy")
@@ -57,8 +57,10 @@ class _Body:
 async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     path = request.path
-    if has_dot_segments(path):
-        raise BadRequest("path must not contain . or .. segments", code="invalid_path")
+    # The path rule: refuse, before pricing, any spelling an origin could route elsewhere.
+    problem = path_problem(request.rel_url.raw_path)
+    if problem is not None:
+        raise BadRequest(problem, code="invalid_path")
     forward.check_headers(request.headers.items())
     match = gw.router.match(request.method, request.host, path)
     if match is None:
@@ -115,7 +117,7 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
                                                       match.subpath)
     secrets = await gw.origin_secrets(pg.id)
     digest = _EMPTY_SHA256
-    if pg.origin_auth.mode == "request":
+    if pg.origin_auth.signs_request:
         digest = hashlib.sha256(await body.read()).hexdigest()
     headers = forward.request_headers_for_origin(
         request.headers.items(), client_ip=request.remote or "", proto=request.scheme,
@@ -125,7 +127,9 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         payer=charge.payer if charge else "", x_payment=charge.x_payment if charge else "",
         x_payment_response=charge.x_payment_response if charge else "",
         remaining=charge.remaining if charge else None, method=request.method,
-        path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now()))
+        path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now(),
+        sign_request=pg.origin_auth.signs_request, header_prefix=pg.origin_auth.header_prefix,
+        legacy_path_line=pg.origin_auth.legacy_path_line))
 
     rail = gw.rails[charge.rail] if charge else None
     try:
@@ -159,6 +163,9 @@ def _upstream_target(target: str, prefix: str, raw_path_qs: str, decoded_sub: st
     """The origin URL and its request target (path?query) exactly as sent on the wire:
     the caller's own percent-encoding is kept (so `%3F` stays in the path and the
     `request` signature covers what the origin receives), under the target's base path."""
+    if not raw_path_qs.startswith("/"):  # absolute-form request target
+        url = URL(raw_path_qs, encoded=True)
+        raw_path_qs = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
     raw_path, _, raw_query = raw_path_qs.partition("?")
     sub = strip_prefix(prefix, raw_path)
     if sub is None:  # the prefix itself came percent-encoded: re-encode the decoded rest

@@ -1,15 +1,23 @@
 """Which paygate a request belongs to, and how many units it costs. Pure functions.
 
-A paygate matches by path prefix (at a segment boundary) and, if it names one, by host.
-The longest matching prefix wins; config validation already refuses overlapping
-prefixes, so at most one paygate can match a given request. Within a paygate, resource
-rules are tried in order and the first match sets the units; unmatched paths take the
-paygate's default.
+A paygate matches by path prefix (at a segment boundary, without regard to letter case)
+and, if it names one, by host. The longest matching prefix wins; config validation
+already refuses overlapping prefixes (case-insensitively), so at most one paygate can
+match a given request. Within a paygate, resource rules are tried in order and the first
+match sets the units; unmatched paths take the paygate's default.
+
+The path rule (the path that is priced is the path that is forwarded): the gateway
+forwards the caller's path exactly as spelt, so it only accepts spellings that origin
+frameworks cannot read as a different route (`path_problem`). What remains ambiguous
+between frameworks, letter case and one trailing slash, is priced at the dearest
+reading (`Route.units_for`).
 """
 
 from __future__ import annotations
 
 import re
+import string
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,15 +29,18 @@ class CompiledRule:
     method: str
     pattern: re.Pattern[str]
     units: int
+    folded: re.Pattern[str] | None = None  # the same glob, ignoring letter case
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method == "*" or self.method == method) and bool(self.pattern.fullmatch(path))
+    def matches(self, method: str, path: str, ignore_case: bool = False) -> bool:
+        pattern = (self.folded or self.pattern) if ignore_case else self.pattern
+        return (self.method == "*" or self.method == method) and bool(pattern.fullmatch(path))
 
 
 @lru_cache(maxsize=1024)
-def glob_to_regex(glob: str) -> re.Pattern[str]:
+def glob_to_regex(glob: str, ignore_case: bool = False) -> re.Pattern[str]:
     """`*` matches any run of characters (slashes included); everything else is literal."""
-    return re.compile(".*".join(re.escape(part) for part in glob.split("*")))
+    return re.compile(".*".join(re.escape(part) for part in glob.split("*")),
+                      re.IGNORECASE if ignore_case else 0)
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,18 @@ class Route:
     rules: tuple[CompiledRule, ...]
 
     def units_for(self, method: str, subpath: str) -> int:
+        """The dearest of the readings an origin may give `subpath`: as spelt or with its
+        letter case ignored, with or without one trailing slash. An origin that routes
+        case-insensitively or strips a trailing slash then never serves a dearer route
+        than the one priced, and a case-sensitive origin is priced by its exact rule."""
+        spellings = [subpath]
+        if len(subpath) > 1 and subpath.endswith("/"):
+            spellings.append(subpath[:-1])
+        return max(self._first_match(method, s, fold) for s in spellings for fold in (False, True))
+
+    def _first_match(self, method: str, subpath: str, ignore_case: bool) -> int:
         for rule in self.rules:
-            if rule.matches(method, subpath):
+            if rule.matches(method, subpath, ignore_case):
                 return rule.units
         return self.paygate.default_units
 
@@ -57,7 +78,8 @@ class Match:
 
 class Router:
     def __init__(self, paygates: list[PaygateConfig]) -> None:
-        routes = [Route(pg, tuple(CompiledRule(r.method, glob_to_regex(r.path), r.units)
+        routes = [Route(pg, tuple(CompiledRule(r.method, glob_to_regex(r.path), r.units,
+                                               glob_to_regex(r.path, True))
                                   for r in pg.rules)) for pg in paygates]
         # Longest prefix first; host-bound before host-less for equal prefixes.
         self._routes = sorted(routes, key=lambda r: (-len(r.paygate.prefix), r.paygate.host is None))
@@ -89,16 +111,74 @@ def _hostname(host: str | None) -> str:
 
 
 def strip_prefix(prefix: str, path: str) -> str | None:
+    """The rest of `path` below `prefix` (starting with "/"), or None when the prefix
+    does not match at a segment boundary. Letter case is ignored: an origin that routes
+    case-insensitively must not be reachable through another paygate (or none) by
+    spelling the prefix differently."""
     if prefix == "/":
         return path
-    if path == prefix:
+    head, rest = path[:len(prefix)], path[len(prefix):]
+    if head.lower() != prefix.lower():
+        return None
+    if rest == "":
         return "/"
-    if path.startswith(prefix + "/"):
-        return path[len(prefix):]
+    if rest.startswith("/"):
+        return rest
     return None
 
 
-def has_dot_segments(path: str) -> bool:
-    """`.` or `..` segments would let a path be priced as one resource and served as
-    another once the origin normalises it: refuse them."""
-    return any(seg in (".", "..") for seg in path.split("/"))
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+# RFC 3986 pchar and "/", without ";" (path parameters, which many origins drop) and with
+# "%" for percent-encoding. Everything else (space, backslash, quotes, non-ASCII) is refused.
+_PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,=:@/%")
+# Percent-encoded, these read as a different route on some origin: unreserved characters
+# (including "." for dot segments) are decoded by most frameworks, "/" and "\\" split
+# segments on some, ";" starts path parameters, "%" is decoded twice by some, controls
+# truncate or confuse.
+_REFUSED_ENCODED = (frozenset(map(ord, _UNRESERVED)) | frozenset(b"/\\;%")
+                    | frozenset(range(0x20)) | {0x7F})
+_HEX = frozenset(string.hexdigits)
+
+
+def path_problem(raw_path: str) -> str | None:
+    """None when `raw_path` (the percent-encoded path of the request target, without its
+    query) is spelt the one way every common origin framework reads alike; otherwise
+    what is wrong with it. Refused: empty segments (`//`, except one trailing slash), `.`
+    and `..` segments, `;`, backslashes and other characters outside RFC 3986 pchar,
+    `%` not followed by two hex digits, percent-encoded unreserved characters (`%62`),
+    `/`, `\\`, `;`, `%` or controls, percent-encoded bytes that are not UTF-8 (overlong
+    forms included), and characters that Unicode compatibility normalisation changes
+    (fullwidth letters or slashes)."""
+    if not raw_path.startswith("/"):
+        return "path must start with /"
+    for ch in raw_path:
+        if ch not in _PATH_CHARS:
+            return f"path must not contain {ch!r}"
+    decoded = bytearray()
+    i = 0
+    while i < len(raw_path):
+        ch = raw_path[i]
+        if ch != "%":
+            decoded += ch.encode("ascii")
+            i += 1
+            continue
+        pair = raw_path[i + 1:i + 3]
+        if len(pair) != 2 or not set(pair) <= _HEX:
+            return "path has a % that is not followed by two hex digits"
+        byte = int(pair, 16)
+        if byte in _REFUSED_ENCODED:
+            return f"path must not percent-encode {chr(byte)!r}"
+        decoded.append(byte)
+        i += 3
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return "path is not UTF-8 once percent-decoded"
+    if unicodedata.normalize("NFKC", text) != text:
+        return "path has characters that Unicode normalisation changes"
+    segments = raw_path.split("/")[1:]
+    if any(seg == "" for seg in segments[:-1]):
+        return "path must not contain empty segments (//)"
+    if any(seg in (".", "..") for seg in segments):
+        return "path must not contain . or .. segments"
+    return None

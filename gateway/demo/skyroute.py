@@ -45,7 +45,7 @@ async def bookings(request: web.Request) -> web.Response:
 
 
 def create_origin(secrets: Sequence[str] | Callable[[], Sequence[str]],
-                  mode: str = "hmac") -> web.Application:
+                  mode: str = "request") -> web.Application:
     app = web.Application(middlewares=[aiohttp_middleware(secrets, mode=mode)])
     app.router.add_get("/v1/flights", flights)
     app.router.add_get("/v1/hotels", hotels)
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--secret-env", default="SKYROUTE_SECRET")
-    parser.add_argument("--mode", default="hmac", choices=["hmac", "plaintext", "request"])
+    parser.add_argument("--mode", default="request", choices=["hmac", "plaintext", "request"])
     args = parser.parse_args()
     secret = os.environ.get(args.secret_env)
     if not secret:

@@ -53,7 +53,7 @@ def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> di
                       {"method": "GET", "path": "/v1/hotels*", "units": 1},
                       {"method": "POST", "path": "/v1/holds", "units": 10},
                       {"method": "POST", "path": "/v1/bookings", "units": 25}],
-            "origin_auth": {"mode": "hmac", "secret_env": SECRET_ENV},
+            "origin_auth": {"mode": "request", "secret_env": SECRET_ENV},
         }],
     }
 

@@ -133,7 +133,7 @@ def test_full_config_loads(tmp_path):
     assert sky.origin_auth.mode == "request" and sky.origin_auth.rotation_grace_seconds == 600
     docs = cfg.paygate("free-docs")
     assert docs.host == "docs.example.com" and docs.default_units == 0
-    assert docs.origin_auth.mode == "hmac"  # the default
+    assert docs.origin_auth.mode == "request"  # the default
     assert cfg.paygate("nope") is None
 
 

@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import socket
+import time
 
 import aiohttp
 import pytest
@@ -42,8 +43,10 @@ def spec_hmac(secret: str, x_payment: str, x_payment_response: str) -> str:
 def spec_request(secret: str, method: str, path_qs: str, ts: str, request_id: str,
                  body: bytes) -> str:
     """request: v1=<hex HMAC-SHA256(secret, METHOD\\nPATH?QUERY\\nTIMESTAMP\\nREQUEST_ID\\n
-    sha256hex(body))>."""
-    canonical = "\n".join([method, path_qs, ts, request_id, hashlib.sha256(body).hexdigest()])
+    sha256hex(body))>, the "?" there even when the query is empty."""
+    path, _, query = path_qs.partition("?")
+    canonical = "\n".join([method, f"{path}?{query}", ts, request_id,
+                           hashlib.sha256(body).hexdigest()])
     return "v1=" + hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest()
 
 
@@ -163,7 +166,8 @@ async def test_request_body_is_streamed_not_buffered(origin, gateway, http):
         return web.json_response({"first": len(first), "total": len(first) + len(rest)})
 
     o = await origin(handler)
-    gw = await gateway(config(o.url))
+    # signing the request needs the whole body first: only the Sigwei-only setting streams
+    gw = await gateway(config(o.url, origin_auth={"mode": "hmac", "sign_request": False}))
 
     async def body():
         yield b"a" * 1000
@@ -217,7 +221,7 @@ async def test_hop_by_hop_response_headers_are_stripped(origin, gateway, http):
 
 async def test_caller_cannot_forge_gateway_headers(origin, gateway, http):
     o = await origin()
-    gw = await gateway(config(o.url))
+    gw = await gateway(config(o.url, origin_auth={"mode": "hmac"}))
     forged = {
         "X-Tollgate-Payer": "0xForged",
         "X-Tollgate-Units": "999",
@@ -238,7 +242,8 @@ async def test_caller_cannot_forge_gateway_headers(origin, gateway, http):
     seen = o.requests[0].headers
     assert seen["X-Tollgate-Payer"] == ""
     assert seen["X-Tollgate-Units"] == "0"
-    assert "X-Tollgate-Signature" not in seen
+    assert seen.getall("X-Tollgate-Signature") != ["v1=forged"]  # the gateway's own only
+    assert len(seen.getall("X-Tollgate-Signature")) == 1
     assert "X-Tollgate-Anything" not in seen
     assert seen["Sigwei-Auth-Signature"] != "forged"  # the gateway's own (hmac mode)
     assert "Sigwei-Secret" not in seen
@@ -278,11 +283,18 @@ async def test_origin_auth_hmac_with_secret_from_env(origin, gateway, http, monk
                                                   "secret_env": "TOLLGATE_TEST_ORIGIN_SECRET"}))
     async with http.get(f"{gw.url}/api/x", headers={"X-Payment": "caller-forged"}) as resp:
         assert resp.status == 200
-    seen = o.requests[0].headers
-    assert "X-Payment" not in seen  # a free call carries no payment
-    assert seen["Sigwei-Auth-Signature"] == spec_hmac("provider-chosen-secret", "", "")
-    assert "Sigwei-Secret" not in seen
+    seen = o.requests[0]
+    assert "X-Payment" not in seen.headers  # a free call carries no payment
+    assert seen.headers["Sigwei-Auth-Signature"] == spec_hmac("provider-chosen-secret", "", "")
+    assert "Sigwei-Secret" not in seen.headers
     assert (await stored_secrets(gw)).current == "provider-chosen-secret"
+    # the request-mode headers ride along, signed like `request` mode
+    assert seen.headers["X-Tollgate-Signature"] == spec_request(
+        "provider-chosen-secret", "GET", "/x", seen.headers["X-Tollgate-Timestamp"],
+        seen.headers["X-Tollgate-Request-Id"], b"")
+    paid = origin_lib.verify("hmac", "GET", seen.raw_path, seen.headers, b"",
+                             ["provider-chosen-secret"])
+    assert paid.units == 0 and paid.request_id == seen.headers["X-Tollgate-Request-Id"]
 
 
 async def test_origin_auth_plaintext(origin, gateway, http):
@@ -295,6 +307,7 @@ async def test_origin_auth_plaintext(origin, gateway, http):
     seen = o.requests[0].headers
     assert seen["Sigwei-Secret"] == secret
     assert "Sigwei-Auth-Signature" not in seen
+    assert origin_lib.verify("plaintext", "GET", "/x", seen, b"", [secret]).paygate == "api"
 
 
 async def test_origin_auth_request_signs_what_the_origin_receives(origin, gateway, http):
@@ -352,7 +365,7 @@ async def test_rotation_signs_with_current_and_previous_stays_valid_for_grace(
         secrets = OriginSecrets(rotated.current, rotated.previous, rotated.previous_valid_until)
         try:
             origin_lib.verify("hmac", seen.method, seen.raw_path, seen.headers, b"",
-                              secrets.valid(clock.now()))
+                              secrets.valid(clock.now()), now=clock.now())
             return True
         except origin_lib.OriginAuthError:
             return False
@@ -364,6 +377,150 @@ async def test_rotation_signs_with_current_and_previous_stays_valid_for_grace(
     assert not origin_accepts(before)  # grace is over: only the current secret
     assert origin_accepts(after)
     assert (await stored_secrets(gw)).valid(clock.now()) == [rotated.current]
+
+
+async def test_default_mode_is_request(origin, gateway, http):
+    o = await origin()
+    gw = await gateway(config(o.url))
+    async with http.get(f"{gw.url}/api/v1/flights") as resp:
+        assert resp.status == 200
+    h = o.requests[0].headers
+    secret = (await stored_secrets(gw)).current
+    assert h["X-Tollgate-Signature"] == spec_request(
+        secret, "GET", "/v1/flights", h["X-Tollgate-Timestamp"], h["X-Tollgate-Request-Id"], b"")
+    assert "X-Tollgate-Context" in h
+    assert "Sigwei-Auth-Signature" not in h and "Sigwei-Secret" not in h
+
+
+async def _verifying_origin(secret: str, mode: str, wire: list):
+    """An origin protected by gateway.origin's middleware, as a provider would run it;
+    `wire` gets the headers of every request as they arrived (what an eavesdropper on
+    the gateway-origin link, or a logging proxy, would see)."""
+    from aiohttp.test_utils import TestServer
+
+    @web.middleware
+    async def tap(request, handler):
+        wire.append(dict(request.headers))
+        return await handler(request)
+
+    async def served(request):
+        return web.json_response({"units": request["tollgate"].units, "route": request.path})
+
+    app = web.Application(middlewares=[tap, origin_lib.aiohttp_middleware([secret], mode=mode)])
+    app.router.add_route("*", "/{tail:.*}", served)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    return server
+
+
+@pytest.mark.parametrize("mode", ["hmac", "plaintext", "request"])
+async def test_captured_free_call_cannot_be_replayed_to_the_origin(
+        gateway, http, monkeypatch, mode):
+    """The reported attack, end to end: a free call's headers, taken off the wire and
+    sent straight to the origin for POST /v1/bookings claiming 25 units (or as they
+    were, to the same route), are refused by an origin verifying with gateway.origin."""
+    monkeypatch.setenv("TOLLGATE_TEST_ORIGIN_SECRET", "provider-chosen-secret")
+    wire: list[dict] = []
+    server = await _verifying_origin("provider-chosen-secret", mode, wire)
+    try:
+        origin_url = f"http://127.0.0.1:{server.port}"
+        gw = await gateway(config(origin_url, origin_auth={
+            "mode": mode, "secret_env": "TOLLGATE_TEST_ORIGIN_SECRET"}))
+        async with http.get(f"{gw.url}/api/v1/status") as resp:
+            assert resp.status == 200 and (await resp.json())["units"] == 0
+        captured = {k: v for k, v in wire[0].items()
+                    if k.lower().startswith(("x-tollgate-", "sigwei-", "x-payment"))}
+
+        forged = {**captured, "X-Tollgate-Units": "25"}
+        async with http.post(f"{origin_url}/v1/bookings", headers=forged) as resp:
+            assert resp.status == 403, await resp.text()
+        bare = {k: v for k, v in forged.items()
+                if k.lower() in ("x-tollgate-payer", "x-tollgate-paygate", "x-tollgate-units")
+                or k.lower().startswith("sigwei-")}
+        async with http.post(f"{origin_url}/v1/bookings", headers=bare) as resp:
+            assert resp.status == 403, await resp.text()
+        async with http.get(f"{origin_url}/v1/status", headers=captured) as resp:
+            assert resp.status == 403  # the gateway's own request id, seen already
+            assert (await resp.json())["error"] == "replayed_request"
+    finally:
+        await server.close()
+
+
+def payfence_check(secret: str, request: web.Request, body: bytes) -> bool:
+    """PayFence's origin check, written from its recipe alone."""
+    sig = request.headers.get("x-payfence-signature", "")
+    ts = request.headers.get("x-payfence-timestamp", "")
+    rid = request.headers.get("x-payfence-request-id", "")
+    if not (sig and ts.isdigit() and rid) or abs(int(time.time()) - int(ts)) > 300:
+        return False
+    canonical = (f"{request.method}\n{request.path}?{request.query_string}\n{ts}\n{rid}\n"
+                 f"{hashlib.sha256(body).hexdigest()}")
+    expected = "v1=" + hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, sig)
+
+
+@pytest.mark.parametrize("prefix, accepted", [("X-PayFence", True), (None, False)])
+async def test_payfence_origin_verifies_unchanged(origin, gateway, http, monkeypatch, prefix,
+                                                  accepted):
+    monkeypatch.setenv("TOLLGATE_TEST_ORIGIN_SECRET", "payfence-secret")
+
+    async def handler(request):
+        body = await request.read()
+        if not payfence_check("payfence-secret", request, body):
+            return web.json_response({"error": "origin_protection_failed"}, status=403)
+        return web.json_response({"ok": True})
+
+    o = await origin(handler)
+    auth = {"mode": "request", "secret_env": "TOLLGATE_TEST_ORIGIN_SECRET"}
+    if prefix:
+        auth["header_prefix"] = prefix
+    gw = await gateway(config(o.url, origin_auth=auth))
+    for method, target, body in (("GET", "/api/v1/flights", None),
+                                 ("GET", "/api/v1/flights?", None),
+                                 ("POST", "/api/v1/holds?seats=2", b'{"seats": 2}')):
+        async with http.request(method, URL(gw.url + target, encoded=True), data=body) as resp:
+            assert (resp.status == 200) is accepted, (target, await resp.text())
+
+
+async def test_original_verifier_accepts_the_gateways_request_signatures(
+        origin, gateway, http):
+    from tests.gateway.origin_v1_recipe import V1AuthError, verify_request as v1_verify
+
+    o = await origin()
+    gw = await gateway(config(o.url, origin_auth={"mode": "request"}))
+    legacy = await gateway({"paygates": [paygate(o.url, id="old", prefix="/old",
+                                                 origin_auth={"mode": "request",
+                                                              "legacy_path_line": True})]})
+    async with http.post(f"{gw.url}/api/v1/holds?seats=2", data=b"{}") as resp:
+        assert resp.status == 200
+    async with http.get(f"{gw.url}/api/v1/flights") as resp:
+        assert resp.status == 200
+    async with http.get(f"{legacy.url}/old/v1/flights") as resp:
+        assert resp.status == 200
+    secret = (await stored_secrets(gw)).current
+    old_secret = (await stored_secrets(legacy, "old")).current
+    post, get, old_get = o.requests
+    assert v1_verify("POST", post.raw_path, post.headers, post.body, [secret])
+    assert origin_lib.verify("request", "POST", post.raw_path, post.headers, post.body, [secret])
+    with pytest.raises(V1AuthError):  # the path line of a query-less request changed
+        v1_verify("GET", get.raw_path, get.headers, b"", [secret])
+    assert v1_verify("GET", old_get.raw_path, old_get.headers, b"", [old_secret])
+    assert origin_lib.verify("request", "GET", old_get.raw_path, old_get.headers, b"",
+                             [old_secret]).paygate == "old"
+
+
+async def test_sign_request_false_sends_the_sigwei_recipe_alone(origin, gateway, http):
+    o = await origin()
+    gw = await gateway(config(o.url, origin_auth={"mode": "hmac", "sign_request": False}))
+    async with http.get(f"{gw.url}/api/x") as resp:
+        assert resp.status == 200
+    h = o.requests[0].headers
+    assert "Sigwei-Auth-Signature" in h
+    assert not any(k.lower() in ("x-tollgate-signature", "x-tollgate-context") for k in h)
+    with pytest.raises(ConfigError, match="sign_request"):
+        await gateway(config(o.url, origin_auth={"mode": "request", "sign_request": False}))
+    with pytest.raises(ConfigError, match="header_prefix"):
+        await gateway(config(o.url, origin_auth={"header_prefix": "X-Pay Fence"}))
 
 
 # ----------------------------------------------------------- limits and faults
@@ -593,14 +750,22 @@ async def test_readyz_fails_closed_when_store_is_unreachable(gateway, http):
         assert resp.status == 200  # alive, just not ready
 
 
-async def test_percent_encoded_prefix_and_absolute_form_still_route(origin, gateway, raw_http):
+async def test_absolute_form_and_prefix_case_route_and_encoded_prefix_is_refused(
+        origin, gateway, raw_http):
     o = await origin()
     gw = await gateway(config(o.url + "/base"))
-    for target in (b"/%61pi/x%20y?k=v%26w", b"http://gw.example/api/x%20y?k=v%26w"):
+    for target in (b"/API/x%20y?k=v%26w", b"http://gw.example/api/x%20y?k=v%26w"):
         resp = await raw_http(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n"
                                        b"Connection: close\r\n\r\n")
         assert resp.status == 200, resp.body
         assert resp.json()["raw_path"] == "/base/x%20y?k=v%26w"
+    # an unreserved character spelt %XX is read as a different path by some origins
+    for target in (b"/%61pi/x", b"http://gw.example/api//x", b"http://gw.example/api/%78"):
+        resp = await raw_http(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n"
+                                       b"Connection: close\r\n\r\n")
+        assert resp.status == 400, target
+        assert resp.json()["error"] == "invalid_path"
+    assert len(o.requests) == 2
 
 
 async def test_repeated_response_headers_and_status_pass_through(origin, gateway, http):
@@ -659,3 +824,25 @@ async def test_a_name_resolving_to_loopback_is_refused_unless_allowed(gateway, o
                                      "allow_private_target": True}]})
     async with http.get(g.url + "/free/x") as r:
         assert r.status == 200
+
+
+async def test_demo_origin_accepts_the_gateway_with_default_settings(gateway, http, monkeypatch):
+    """The sample origin (gateway.demo.skyroute) and a paygate left at its defaults agree."""
+    from aiohttp.test_utils import TestServer
+
+    from gateway.demo.skyroute import create_origin
+
+    monkeypatch.setenv("TOLLGATE_TEST_ORIGIN_SECRET", "demo-secret")
+    server = TestServer(create_origin(["demo-secret"]), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        gw = await gateway(config(f"http://127.0.0.1:{server.port}",
+                                  origin_auth={"secret_env": "TOLLGATE_TEST_ORIGIN_SECRET"}))
+        async with http.get(f"{gw.url}/api/v1/flights") as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.post(f"{gw.url}/api/v1/holds", json={"seats": 1}) as resp:
+            assert resp.status == 201, await resp.text()
+        async with http.get(f"http://127.0.0.1:{server.port}/v1/flights") as resp:
+            assert resp.status == 403  # not through the gateway
+    finally:
+        await server.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import PaygateConfig
-from gateway.routing import Router, glob_to_regex, has_dot_segments, strip_prefix
+from gateway.routing import Router, glob_to_regex, path_problem, strip_prefix
 
 
 def pg(id: str, prefix: str, *, host: str | None = None, default_units: int = 1,
@@ -126,7 +126,48 @@ def test_no_paygate():
     ("/a/...", False), ("/a/.hidden", False), ("/a/b..c", False), ("/a/b/", False), ("/", False),
 ])
 def test_dot_segments(path, bad):
-    assert has_dot_segments(path) is bad
+    assert (path_problem(path) is not None) is bad
+
+
+@pytest.mark.parametrize("path", [
+    "/", "/sky", "/sky/", "/sky/v1/bookings", "/sky/v1/flights/", "/a/x%20y", "/a/%3Fq",
+    "/a/caf%C3%A9", "/a/!$&'()*+,=:@-._~", "/a/%E2%82%AC",
+])
+def test_path_problem_accepts_unambiguous_spellings(path):
+    assert path_problem(path) is None
+
+
+@pytest.mark.parametrize("path,why", [
+    ("//sky", "empty"), ("/sky//v1", "empty"), ("/sky/v1//", "empty"),
+    ("/sky/%62ookings", "'b'"), ("/sky/%7E", "'~'"), ("/sky/%2e%2e/x", "'.'"),
+    ("/sky/a%2Fb", "'/'"), ("/sky/a%2fb", "'/'"), ("/sky/a%5Cb", "'\\\\'"),
+    ("/sky/a%3Bb", "';'"), ("/sky/a%2562", "'%'"), ("/sky/a%00", "'\\x00'"), ("/sky/a%7F", "x7f"),
+    ("/sky/a;b", "';'"), ("/sky;x/v1", "';'"), ("/sky\\v1", "'\\\\'"), ("/sky/a b", "' '"),
+    ("/sky/caf\u00e9", "'\u00e9'"), ("/sky/a%", "two hex"), ("/sky/a%zz", "two hex"),
+    ("/sky/a%C0%AF", "UTF-8"), ("/sky/a%ED%A0%80", "UTF-8"), ("/sky/%EF%BC%8F", "normalisation"),
+    ("/sky/%EF%BD%82ookings", "normalisation"), ("sky", "start with /"),
+])
+def test_path_problem_refuses_ambiguous_spellings(path, why):
+    problem = path_problem(path)
+    assert problem is not None and why in problem, (path, problem)
+
+
+def test_prefix_and_rules_ignore_case_and_a_trailing_slash_at_the_dearest_reading():
+    r = Router([pg("sky", "/sky", rules=SKY_RULES, default_units=1)])
+    for path in ("/SKY/v1/bookings", "/sky/V1/Bookings", "/Sky/v1/bookings/"):
+        m = r.match("POST", None, path)
+        assert m.paygate.id == "sky" and m.units == 25, path
+    assert r.match("POST", None, "/SKY/v1/bookings").subpath == "/v1/bookings"
+    # a case-sensitive origin's exact rule is never undercut by a case-folded cheaper one
+    rules = [{"path": "/v1/report", "units": 1}, {"path": "/v1/Report", "units": 100}]
+    r = Router([pg("sky", "/sky", rules=rules, default_units=3)])
+    assert r.match("GET", None, "/sky/v1/Report").units == 100
+    assert r.match("GET", None, "/sky/v1/other/").units == 3
+    # free stays free only when every reading is free
+    r = Router([pg("sky", "/sky", rules=[{"path": "/v1/status", "units": 0}], default_units=2)])
+    assert r.match("GET", None, "/sky/v1/status").units == 0
+    assert r.match("GET", None, "/sky/v1/status/").units == 2  # may be another resource
+    assert r.match("GET", None, "/sky/v1/STATUS").units == 2
 
 
 def test_host_matching_ipv6_literal_with_port():

@@ -97,7 +97,7 @@ async def test_402_lists_the_evm_offer(paid, http, evm_devnet):
 
 
 async def test_paying_client_pays_and_origin_sees_signed_payment(paid, evm_devnet):
-    g, o = await paid()
+    g, o = await paid(origin_auth={"mode": "hmac"})
     payer = evm_devnet.payers[0]
     merchant_before = token_balance(evm_devnet, evm_devnet.merchant.address)
     async with PayingClient(evm_key=payer.private_key, spend_limit=10 * PRICE) as client:
