@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import replace
 
 from sqlalchemy import event, func, select
 from sqlalchemy.util import await_only
