@@ -120,7 +120,9 @@ class Allowances:
                 allowances.c.mirror_at <= now - older_than, free, needed)
                 .order_by(allowances.c.mirror_at).limit(limit))).all()
             leased = []
-            for owner, spender in keys:
+            # Lock in key order: instances leasing overlapping sets never wait on each
+            # other in a cycle.
+            for owner, spender in sorted(tuple(k) for k in keys):
                 res = await conn.execute(update(allowances).where(
                     allowances.c.owner == owner, allowances.c.spender == spender, free)
                     .values(lease_until=now + lease_seconds))

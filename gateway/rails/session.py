@@ -58,6 +58,9 @@ class SessionRail:
                                  destination=self.destination, window=cfg.pull_interval_seconds,
                                  ledger=self.ledger, abandon_after=longest_call + 300)
         self.limiter = RateLimiter(gw.config.server.session_api_per_minute, gw.clock)
+        if gw.config.server.public_url is None:
+            log.warning("server.public_url is not set: signed session activations name %s, "
+                        "which wallets will show to people", self.gateway_url())
         self._tasks: list[asyncio.Task] = []
 
     # -- terms ---------------------------------------------------------------------------

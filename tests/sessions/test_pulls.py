@@ -399,3 +399,31 @@ async def test_a_refused_pull_waits_for_the_mirror_and_backs_off(owner_does, set
         assert sent == 1
         assert (await records.get(s.id)).state == "revoked"
         assert setup.balances(owner) == (owner_before, dest_before)
+
+
+async def test_after_a_refusal_the_next_pull_waits_for_the_back_off(setup, records, clock):
+    from sessions.allowances import REFUSAL_BACKOFF, refusal_backoff
+    from sessions.refresh import Refresher
+
+    owner, s = await setup.session(allowance=10 * PRICE)
+    for _ in range(2):
+        await setup.calls(s, 1)
+        clock.advance(0.001)  # charges made at one instant are pulled together or not at all
+    await approve(setup.net, owner, PRICE)
+    before = pull_submissions(setup.net, setup.spender.account_id)
+    worker = setup.worker()
+    clock.advance(WINDOW + 1)
+    await worker.work_once()  # refused: AMOUNT_EXCEEDS_ALLOWANCE
+    refresher = Refresher(records, setup.mirror, clock, lambda _: PRICE, ttl=30.0)
+    clock.advance(1)
+    await refresher.refresh(await records.get(s.id))  # the mirror read comes at once...
+    await worker.work_once()
+    clock.advance(REFUSAL_BACKOFF - 2)
+    await worker.work_once()
+    assert pull_submissions(setup.net, setup.spender.account_id) == before + 1  # ...the pull not
+    clock.advance(1)
+    await worker.work_once()
+    assert pull_submissions(setup.net, setup.spender.account_id) == before + 2
+    assert [p.amount for p in await records.pulls(s.id, states=("succeeded",))] == [PRICE]
+    assert [refusal_backoff(n) for n in (1, 2, 3, 20)] == \
+        [REFUSAL_BACKOFF, 2 * REFUSAL_BACKOFF, 4 * REFUSAL_BACKOFF, 3600.0]
