@@ -7,7 +7,9 @@ For each store and each concurrency C, C asyncio callers share a budget of N cha
 (distinct idempotency keys):
 
 * one session:   every caller charges the same session (contention on one row);
-* many sessions: M sessions, caller i charges them round-robin from offset i.
+* many sessions: M sessions of M different owners, caller i charges them round-robin
+  from offset i (the sessions of one owner share one allowance row, so their charges
+  queue on it like those of one session).
 
 "charge" is Ledger.charge alone; "call" is what one paid call costs the ledger:
 charge + keep + record_response. Each run is checked afterwards (every charge landed
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import sys
 import tempfile
 import time
@@ -40,12 +43,16 @@ from store.migrations import migrate  # noqa: E402
 PRICE = 5_000_000
 
 
+_owners = itertools.count(10_000)  # a new owner per session: runs share the database
+
+
 async def open_sessions(records: SessionRecords, count: int, allowance: int) -> list[str]:
     ids = []
     for _ in range(count):
-        nonce, _ = await records.issue_nonce("bench", "0.0.1001", 600)
+        owner = f"0.0.{next(_owners)}"
+        nonce, _ = await records.issue_nonce("bench", owner, 600)
         session = await records.create_session(
-            nonce=nonce, token=new_token(), paygate_id="bench", owner="0.0.1001",
+            nonce=nonce, token=new_token(), paygate_id="bench", owner=owner,
             spender="0.0.1002", allowance=allowance, ttl=3600)
         ids.append(session.id)
     return ids

@@ -2,7 +2,8 @@
 
     POST   /api/sessions/challenge  {account_id, paygate}            -> nonce, memo, message
     POST   /api/sessions/activate   {account_id, paygate, nonce,
-                                     transaction_id | signature}     -> 201 token + session
+                                     transaction_id | signature
+                                     [+ message]}                    -> 201 token + session
     GET    /api/sessions/current    (X-Hedera-Session-Id or Bearer)  -> remaining, spent, calls
     DELETE /api/sessions/current                                     -> the session ends
 
@@ -28,6 +29,7 @@ _ALIASES = {
     "nonce": ("nonce",),
     "transaction_id": ("transaction_id", "transactionId"),
     "signature": ("signature",),
+    "message": ("message", "signedMessage"),
 }
 
 
@@ -96,7 +98,8 @@ async def activate(request: web.Request) -> web.Response:
     try:
         token, session = await rail.activation.activate(
             terms, account_id=body["account_id"], nonce=body["nonce"],
-            transaction_id=body["transaction_id"], signature=body["signature"])
+            transaction_id=body["transaction_id"], signature=body["signature"],
+            message=body["message"])
     except ActivationError as exc:
         raise _ActivationFailed(exc) from None
     return web.json_response({"token": token, "session": session_view(session),

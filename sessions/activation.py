@@ -10,8 +10,8 @@ from chains.hedera.ids import is_account_id, normalize_account_id, to_mirror_tx_
 from chains.hedera.mirror import MirrorNotFound, MirrorUnavailable
 from sessions.lifecycle import new_token
 from sessions.proof import (
+    Challenge,
     ProofError,
-    challenge_message,
     check_memo_record,
     check_signature,
     decode_signature,
@@ -35,6 +35,7 @@ class Terms:
     network: str
     spender: str
     unit_price: int  # tinybars per unit
+    gateway_url: str  # the gateway's public URL, named in the signed activation message
     session_ttl: float
     nonce_ttl: float = 600.0
     proof_wait: float = 15.0  # how long to wait for the mirror to ingest the approval
@@ -60,16 +61,29 @@ class Activation:
         self.mirror = mirror
         self.clock = clock
 
+    @staticmethod
+    def _challenge(terms: Terms, owner: str, nonce: str, issued_at: float,
+                   expires_at: float) -> Challenge:
+        return Challenge(gateway_url=terms.gateway_url, account_id=owner, spender=terms.spender,
+                         network=terms.network, paygate=terms.paygate_id, nonce=nonce,
+                         issued_at=issued_at, expires_at=expires_at)
+
     async def challenge(self, terms: Terms, account_id: Any) -> dict[str, Any]:
         owner = _account(account_id, "account_id")
         nonce, expires = await self.records.issue_nonce(terms.paygate_id, owner, terms.nonce_ttl)
-        return {"nonce": nonce, "memo": memo_for(nonce), "message": challenge_message(nonce),
+        row = await self.records.nonce(nonce)
+        message = self._challenge(terms, owner, nonce, row.created_at, expires).message()
+        return {"nonce": nonce, "memo": memo_for(nonce), "message": message,
+                "gateway_url": terms.gateway_url,
                 "account_id": owner, "spender": terms.spender, "paygate": terms.paygate_id,
                 "network": terms.network, "price_tinybars": terms.unit_price,
                 "expires_at": int(expires)}
 
     async def activate(self, terms: Terms, *, account_id: Any, nonce: Any,
-                       transaction_id: Any = None, signature: Any = None) -> tuple[str, Session]:
+                       transaction_id: Any = None, signature: Any = None,
+                       message: Any = None) -> tuple[str, Session]:
+        """Open a session if the proof holds. `message`, optional beside `signature`, is
+        what the client says it signed: only this gateway's own message is accepted."""
         owner = _account(account_id, "account_id")
         if not isinstance(nonce, str) or not nonce:
             raise ActivationError(400, "invalid_nonce", "nonce is required")
@@ -98,9 +112,20 @@ class Activation:
             else:
                 if not isinstance(signature, str):
                     raise ActivationError(400, "invalid_signature", "signature must be a string")
+                if message is not None and not isinstance(message, str):
+                    raise ActivationError(400, "invalid_message", "message must be a string")
+                challenge = self._challenge(terms, owner, nonce, row.created_at, row.expires_at)
+                if message is not None:
+                    challenge.check_message(message)
                 info = await self.mirror.account(owner)
-                check_signature(info.key_type, info.key_hex, challenge_message(nonce),
-                                decode_signature(signature))
+                try:
+                    check_signature(info.key_type, info.key_hex, challenge.message(),
+                                    decode_signature(signature))
+                except ProofError as exc:
+                    if exc.code != "proof_bad_signature":
+                        raise
+                    raise ProofError(exc.code, f"{exc.message}. {challenge.expected()}") from None
+            read_at = self.clock.now()
             allowance = await self.mirror.crypto_allowance(owner, terms.spender)
         except ProofError as exc:
             raise ActivationError(403, exc.code, exc.message) from None
@@ -119,7 +144,8 @@ class Activation:
         token = new_token()
         session = await self.records.create_session(
             nonce=nonce, token=token, paygate_id=terms.paygate_id, owner=owner,
-            spender=terms.spender, allowance=allowance.amount, ttl=terms.session_ttl)
+            spender=terms.spender, allowance=allowance.amount, ttl=terms.session_ttl,
+            read_at=read_at)
         if session is None:
             raise ActivationError(403, "nonce_used", "this nonce already opened a session")
         return token, session

@@ -1,9 +1,11 @@
 """The per-call ledger of allowance sessions: charges, reversals, stored responses.
 
 A charge is one transaction holding two claims: the idempotency key (an `INSERT ... ON
-CONFLICT DO NOTHING` on (session, key)) and the money (`UPDATE sessions ... WHERE
-allowance - outstanding >= :price`). Either both hold or neither does, so N parallel calls
-on a session funded for K < N serve exactly K, and a key is charged at most once.
+CONFLICT DO NOTHING` on (session, key)) and the money (`UPDATE session_allowances ... WHERE
+allowance - outstanding >= :price`, on the row the session's owner shares with all their
+other sessions). Either both hold or neither does, so N parallel calls over any number of
+sessions of an owner funded for K < N serve exactly K, and a key is charged at most once.
+The session row only counts what it spent and how many calls, for display.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sessions.lifecycle import LIVE_STATES
+from sessions.records import SESSION_VIEW, Session
 from store.clock import Clock
+from store.schema import session_allowances as allowances
 from store.schema import session_charges, sessions
 
 
@@ -43,8 +48,9 @@ class KeyConflict:
 
 @dataclass(frozen=True)
 class Refused:
-    """No charge: the session row did not satisfy the claim. `session` is the row as it
-    is now, for the caller to say why (exhausted, expired, revoked, stale mirror...)."""
+    """No charge: the claim did not hold. `session` is the session (with its owner's
+    shared allowance) as it is now, for the caller to say why (too little left, expired,
+    revoked, stale mirror...); None if there is no such session."""
 
     session: object
 
@@ -53,18 +59,44 @@ class _NoFunds(Exception):
     pass
 
 
+
+def _of_session(column, *, live: bool):
+    """The session's owner or spender (uncorrelated, so the UPDATE below finds its one
+    row by primary key); NULL, matching nothing, unless the session is live and unexpired
+    when `live`."""
+    query = select(column).where(sessions.c.id == bindparam("sid"))
+    if live:
+        query = query.where(sessions.c.state.in_(LIVE_STATES),
+                            sessions.c.expires_at > bindparam("now"))
+    return query.scalar_subquery()
+
+
 # The money half of a charge, built once (building a statement costs more CPU than
-# running it): take `amount` if the session is active, unexpired, freshly seen on the
-# mirror and can cover it.
+# running it): take `amount` from the owner's shared allowance if the session is live and
+# unexpired, the owner's view is fresh from the mirror and can cover it. One statement:
+# concurrent charges of the owner's sessions queue on this one row.
 _TAKE_MONEY = (
+    update(allowances)
+    .where(allowances.c.owner == _of_session(sessions.c.owner, live=True),
+           allowances.c.spender == _of_session(sessions.c.spender, live=True),
+           allowances.c.mirror_at > bindparam("fresh_after"),
+           allowances.c.allowance - allowances.c.outstanding >= bindparam("amount"))
+    .values(outstanding=allowances.c.outstanding + bindparam("amount"))
+    .returning((allowances.c.allowance - allowances.c.outstanding).label("left")))
+
+# The session's own counters. Still conditional: a session ended by a concurrent
+# transaction since the claim above read it is not charged (the whole charge rolls back).
+_COUNT_CALL = (
     update(sessions)
-    .where(sessions.c.id == bindparam("sid"), sessions.c.state == "active",
-           sessions.c.expires_at > bindparam("now"),
-           sessions.c.mirror_at > bindparam("fresh_after"),
-           sessions.c.allowance - sessions.c.outstanding >= bindparam("amount"))
-    .values(outstanding=sessions.c.outstanding + bindparam("amount"),
-            spent=sessions.c.spent + bindparam("amount"), calls=sessions.c.calls + 1)
-    .returning((sessions.c.allowance - sessions.c.outstanding).label("left")))
+    .where(sessions.c.id == bindparam("sid"), sessions.c.state.in_(LIVE_STATES))
+    .values(spent=sessions.c.spent + bindparam("amount"), calls=sessions.c.calls + 1,
+            state="active"))
+
+_GIVE_BACK = (
+    update(allowances)
+    .where(allowances.c.owner == _of_session(sessions.c.owner, live=False),
+           allowances.c.spender == _of_session(sessions.c.spender, live=False))
+    .values(outstanding=allowances.c.outstanding - bindparam("amount")))
 
 
 class Ledger:
@@ -85,8 +117,9 @@ class Ledger:
                      fresh_after: float) -> Charged | Replay | KeyConflict | Refused:
         """Charge `amount` for the call identified by `key`, atomically.
 
-        The session must be active, unexpired, refreshed from the mirror after
-        `fresh_after`, and have `allowance - outstanding >= amount`."""
+        The session must be live (active or exhausted: what is left decides, not the
+        label) and unexpired; its owner's shared allowance refreshed from the mirror
+        after `fresh_after`, with `allowance - outstanding >= amount`."""
         now = self._clock.now()
         charge_id = secrets.token_hex(16)
         try:
@@ -102,12 +135,15 @@ class Ledger:
                     "amount": amount})).first()
                 if row is None:
                     raise _NoFunds  # rolls back the key claim with it
+                counted = await conn.execute(_COUNT_CALL, {"sid": session_id, "amount": amount})
+                if counted.rowcount != 1:
+                    raise _NoFunds
                 return Charged(charge_id, int(row.left))
         except _NoFunds:
             async with self._engine.connect() as conn:
                 current = (await conn.execute(
-                    select(sessions).where(sessions.c.id == session_id))).first()
-            return Refused(current)
+                    SESSION_VIEW.where(sessions.c.id == session_id))).first()
+            return Refused(Session.from_row(current) if current else None)
 
     async def _existing(self, conn, session_id: str, key: str,
                         fingerprint: str) -> Replay | KeyConflict:
@@ -139,8 +175,8 @@ class Ledger:
                 .returning(session_charges.c.amount, session_charges.c.session_id))).first()
             if row is None:
                 return False
+            await conn.execute(_GIVE_BACK, {"sid": row.session_id, "amount": int(row.amount)})
             await conn.execute(update(sessions).where(sessions.c.id == row.session_id).values(
-                outstanding=sessions.c.outstanding - row.amount,
                 spent=sessions.c.spent - row.amount, calls=sessions.c.calls - 1))
         return True
 

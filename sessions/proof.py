@@ -11,12 +11,22 @@ Two proofs open a session:
   directly, or with ECDSA secp256k1 over their keccak256 (64-byte r || s; high s is
   accepted, as the SDK produces it: a nonce is single-use, so malleability buys nothing).
   The key comes from the mirror.
+
+The challenge message follows CAIP-122 ("Sign-In with X", the chain-agnostic form of
+EIP-4361): it names the gateway (its public URL and host), the account, the spender the
+allowance goes to, the network (CAIP-2), the nonce and when it was issued and expires. The
+gateway rebuilds it from its own configuration and the stored nonce, never from the
+request, so a signature collected by another site (another URL, spender or network) does
+not verify here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 from Crypto.Hash import keccak
 from cryptography.exceptions import InvalidSignature
@@ -41,8 +51,59 @@ def memo_for(nonce: str) -> str:
     return MEMO_PREFIX + nonce
 
 
-def challenge_message(nonce: str) -> str:
-    return memo_for(nonce)
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(int(t), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """Everything the signed activation message names."""
+
+    gateway_url: str
+    account_id: str
+    spender: str
+    network: str  # CAIP-2, e.g. hedera:testnet
+    paygate: str
+    nonce: str
+    issued_at: float
+    expires_at: float
+
+    def message(self) -> str:
+        host = urlsplit(self.gateway_url).netloc or self.gateway_url
+        return "\n".join([
+            f"{host} wants you to sign in with your Hedera account:",
+            self.account_id,
+            "",
+            f"Open an allowance session at {self.gateway_url} for paygate {self.paygate}, "
+            f"spending from your HBAR allowance to {self.spender}.",
+            "",
+            f"URI: {self.gateway_url}",
+            "Version: 1",
+            f"Chain ID: {self.network}",
+            f"Nonce: {self.nonce}",
+            f"Issued At: {_iso(self.issued_at)}",
+            f"Expiration Time: {_iso(self.expires_at)}",
+            "Resources:",
+            f"- {self.network}:{self.spender}",
+        ])
+
+    def check_message(self, claimed: str) -> None:
+        """A client that says what it signed learns which part is not this gateway's."""
+        if claimed == self.message():
+            return
+        for name, value in (("URI", self.gateway_url), ("spender", self.spender),
+                            ("Chain ID", self.network), ("Nonce", self.nonce)):
+            if value not in claimed:
+                raise ProofError("proof_wrong_message", (
+                    f"the signed message is not this gateway's activation message: its "
+                    f"{name} is not {value}. {self.expected()}"))
+        raise ProofError("proof_wrong_message",
+                         f"the signed message is not this gateway's activation message. "
+                         f"{self.expected()}")
+
+    def expected(self) -> str:
+        return (f"Sign the message POST /api/sessions/challenge gives (for {self.gateway_url}, "
+                f"spender {self.spender}, {self.network}), unchanged.")
 
 
 def signed_bytes(message: str) -> bytes:

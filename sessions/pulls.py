@@ -1,13 +1,22 @@
 """Collecting kept charges on chain: one approved transfer per session per window, exactly
-once.
+once, never more than the owner's allowance (shared by all their sessions) can give.
 
-1. Sum the session's kept, unpulled charges up to a cutoff time.
+0. Lease the owner's pulls (one instance at a time per owner, so what each pull may take
+   from the one allowance is decided by one worker). The lease is refused while a pull
+   the chain refused for allowance reasons waits for a fresh mirror read and its back-off.
+1. Sum the session's kept, unpulled charges up to a cutoff time, within what the owner's
+   allowance leaves after the pulls still in flight.
 2. Freeze and sign the approved transfer for that sum (nothing sent yet).
 3. Store the bytes and the transaction id and tie the charges to the pull, in one
    transaction: from here on a crash loses nothing.
 4. Submit. A retry resubmits the same bytes (the node answers DUPLICATE_TRANSACTION and
    nothing happens twice); after the validity window the mirror decides; only a pull
    known to have failed releases its charges for a new pull.
+
+A pull refused with SPENDER_DOES_NOT_HAVE_ALLOWANCE or AMOUNT_EXCEEDS_ALLOWANCE means the
+gateway's view of the allowance is wrong (the owner lowered or revoked it): the owner's
+view is made stale and the owner's pulls wait for a mirror read and a back-off that doubles
+with each refusal in a row, so a refusal is never retried in a loop (each one costs a fee).
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from store.clock import Clock
 log = logging.getLogger("tollgate.sessions.pulls")
 
 MIRROR_MARGIN = 30.0  # seconds past the validity window before "not on the mirror" is final
+PULL_LEASE = 60.0  # seconds an instance holds an owner's pulls
+# Receipt statuses that say the allowance is not what the gateway believes.
+ALLOWANCE_REFUSALS = frozenset({"SPENDER_DOES_NOT_HAVE_ALLOWANCE", "AMOUNT_EXCEEDS_ALLOWANCE"})
 
 
 class Chain(Protocol):
@@ -46,6 +58,7 @@ class PullWorker:
         self.clock = clock
         self.destination = destination  # paygate id -> account the pulled HBAR goes to
         self.window = window
+        self.allowances = records.allowances
 
     async def work_once(self) -> int:
         done = 0
@@ -55,26 +68,50 @@ class PullWorker:
             # Charges still pending long after any request could have finished belong to
             # a gateway that died mid-call: nothing was answered, so give the money back.
             done += await self.ledger.reverse_abandoned(older_than=now - self.abandon_after)
-        for session_id in await self.records.sessions_to_pull(older_than=now - self.window):
-            done += await self._pull_session(session_id, cutoff=now)
+        for owner, spender in await self.allowances.pull_candidates(older_than=now - self.window):
+            done += await self._pull_owner(owner, spender, cutoff=now)
         for pull in await self.records.lease_pulls(("prepared", "submitted", "unknown"),
                                                    lease_seconds=60, limit=20, older_than=5):
             done += 1
             await self._resolve(pull)
         return done
 
-    async def _pull_session(self, session_id: str, cutoff: float) -> int:
+    async def _pull_owner(self, owner: str, spender: str, cutoff: float) -> int:
+        lease = await self.allowances.lease_for_pull(owner, spender, PULL_LEASE)
+        if lease is None:
+            return 0
+        made, pulled = 0, False
+        try:
+            # Never ask for more than the allowance can give: a refused pull still costs a
+            # fee. What pulls in flight took from it may not show in the mirror's view yet.
+            cap = lease.allowance - await self.records.in_flight(owner, spender)
+            for session_id in await self.records.sessions_to_pull(owner, spender, cutoff):
+                if cap <= 0:
+                    break
+                amount, status = await self._pull_session(session_id, cutoff, cap)
+                if status is None:
+                    continue
+                made += 1
+                if status in ALLOWANCE_REFUSALS:
+                    break  # `_submit` marked the owner: no more pulls until the mirror says
+                pulled = pulled or status == "SUCCESS"
+                cap -= amount
+        finally:
+            await self.allowances.end_pull(
+                owner, spender, pulled=pulled,
+                idle_until=None if made else self.clock.now() + self.window)
+        return made
+
+    async def _pull_session(self, session_id: str, cutoff: float,
+                            cap: int) -> tuple[int, str | None]:
+        """Pull the oldest of the session's charges that fit in `cap`: (amount, outcome),
+        outcome None when nothing was sent."""
         session = await self.records.get(session_id)
         if session is None:
-            return 0
-        # Never ask for more than the allowance can give: a refused pull still costs a
-        # fee, and would be refused again every window. What pulls in flight took from
-        # the allowance may not show in the mirror's view yet.
-        in_flight = sum(p.amount for p in await self.records.pulls(session_id))
-        cutoff, amount = await self.records.pull_cutoff(
-            session_id, cutoff, cap=session.allowance - in_flight)
+            return 0, None
+        cutoff, amount = await self.records.pull_cutoff(session_id, cutoff, cap=cap)
         if amount <= 0:
-            return 0
+            return 0, None
         prepared = await self.chain.prepare_approved_transfer(
             session.owner, self.destination(session.paygate_id), amount,
             memo=f"tollgate pull {session_id[:8]}")
@@ -82,13 +119,14 @@ class PullWorker:
             session_id=session_id, owner=session.owner, amount=amount, cutoff=cutoff,
             tx_id=prepared.tx_id, tx_bytes=prepared.tx_bytes, valid_until=prepared.valid_until)
         if pull_id is None:
-            return 0  # charges moved under us; the next pass sums again
+            return 0, None  # charges moved under us; the next pass sums again
         pull = Pull(pull_id, session_id, session.owner, amount, prepared.tx_id,
                     prepared.tx_bytes, "prepared", prepared.valid_until)
-        await self._submit(pull)
-        return 1
+        return amount, await self._submit(pull)
 
-    async def _submit(self, pull: Pull) -> None:
+    async def _submit(self, pull: Pull) -> str:
+        """Submit the stored bytes; the status the node answered ("unknown" when it could
+        not be asked)."""
         from chains.hedera.network import HederaUnavailable
 
         try:
@@ -96,7 +134,7 @@ class PullWorker:
         except HederaUnavailable as exc:
             log.warning("pull %s: node unavailable (%s); will resubmit", pull.tx_id, exc)
             await self.records.move_pull(pull.id, pull.state, "unknown", error="node unavailable")
-            return
+            return "unknown"
         if result.status == "SUCCESS":
             await self.records.move_pull(pull.id, (pull.state, "submitted"), "succeeded")
             log.info("pulled %d tinybars from %s (%s)", pull.amount, pull.owner, pull.tx_id)
@@ -106,9 +144,18 @@ class PullWorker:
         else:
             # Refused at precheck or failed at consensus: this transaction will never
             # succeed. Over-pulls end here too (AMOUNT_EXCEEDS_ALLOWANCE).
-            log.warning("pull %s failed: %s", pull.tx_id, result.status)
-            await self.records.move_pull(pull.id, (pull.state, "submitted"), "failed",
-                                         error=result.status)
+            await self._failed(pull, (pull.state, "submitted"), result.status)
+        return result.status
+
+    async def _failed(self, pull: Pull, olds, status: str) -> None:
+        log.warning("pull %s failed: %s", pull.tx_id, status)
+        if await self.records.move_pull(pull.id, olds, "failed", error=status) and \
+                status in ALLOWANCE_REFUSALS:
+            session = await self.records.get(pull.session_id)
+            if session is not None:
+                backoff = await self.allowances.refused(session.owner, session.spender)
+                log.warning("the allowance of %s is below what we counted; no pull before a "
+                            "fresh mirror read and %.0f s", session.owner, backoff)
 
     async def _resolve(self, pull: Pull) -> None:
         """A pull whose outcome we did not learn: resubmit the same bytes while they are
@@ -129,7 +176,7 @@ class PullWorker:
         if record is not None and record.succeeded:
             await self.records.move_pull(pull.id, pull.state, "succeeded")
         elif record is not None:
-            await self.records.move_pull(pull.id, pull.state, "failed", error=record.result)
+            await self._failed(pull, pull.state, record.result)
         elif self.clock.now() > pull.valid_until + MIRROR_MARGIN:
             # Not on the mirror: before calling it lost (and pulling its charges again),
             # ask a node, which keeps receipts for a while: the mirror may just be late.
@@ -142,5 +189,4 @@ class PullWorker:
             if status == "SUCCESS":
                 await self.records.move_pull(pull.id, pull.state, "succeeded")
             else:
-                await self.records.move_pull(pull.id, pull.state, "failed",
-                                             error=status or "expired unseen")
+                await self._failed(pull, pull.state, status or "expired unseen")

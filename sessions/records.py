@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sessions.allowances import Allowances, upsert_in
 from sessions.lifecycle import (
     PULL_TRANSITIONS,
     SESSION_TRANSITIONS,
@@ -21,7 +22,13 @@ from sessions.lifecycle import (
     hash_token,
 )
 from store.clock import Clock
-from store.schema import session_charges, session_nonces, session_pulls, sessions
+from store.schema import (
+    session_allowances,
+    session_charges,
+    session_nonces,
+    session_pulls,
+    sessions,
+)
 
 
 @dataclass(frozen=True)
@@ -60,17 +67,31 @@ class Pull:
     tx_bytes: bytes
     state: str
     valid_until: float
+    error: str | None = None
 
     @classmethod
     def from_row(cls, r) -> "Pull":
         return cls(r.id, r.session_id, r.owner, int(r.amount), r.tx_id, bytes(r.tx_bytes),
-                   r.state, r.valid_until)
+                   r.state, r.valid_until, r.error)
+
+
+# A session with the owner's shared allowance: `allowance`, `outstanding` and `mirror_at`
+# are the owner's (see sessions.allowances), the rest the session's own.
+SESSION_VIEW = select(
+    sessions.c.id, sessions.c.paygate_id, sessions.c.owner, sessions.c.spender,
+    sessions.c.state, session_allowances.c.allowance, session_allowances.c.outstanding,
+    sessions.c.spent, sessions.c.calls, sessions.c.created_at, sessions.c.expires_at,
+    session_allowances.c.mirror_at,
+).select_from(sessions.join(session_allowances, and_(
+    session_allowances.c.owner == sessions.c.owner,
+    session_allowances.c.spender == sessions.c.spender)))
 
 
 class SessionRecords:
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
+        self.allowances = Allowances(engine, clock)
 
     # -- activation nonces ------------------------------------------------------------
 
@@ -96,9 +117,11 @@ class SessionRecords:
         return res.rowcount or 0
 
     async def create_session(self, *, nonce: str, token: str, paygate_id: str, owner: str,
-                             spender: str, allowance: int, ttl: float) -> Session | None:
+                             spender: str, allowance: int, ttl: float,
+                             read_at: float | None = None) -> Session | None:
         """Spend the nonce and open the session in one transaction; None if the nonce was
-        already spent (a replayed activation)."""
+        already spent (a replayed activation). `allowance` is the mirror's, read from
+        `read_at` (default: now) on; it joins the owner's shared row (`upsert_in`)."""
         now = self._clock.now()
         sid = secrets.token_hex(16)
         async with self._engine.begin() as conn:
@@ -109,21 +132,23 @@ class SessionRecords:
                 return None
             await conn.execute(insert(sessions).values(
                 id=sid, token_hash=hash_token(token), paygate_id=paygate_id, owner=owner,
-                spender=spender, state="active", allowance=allowance, outstanding=0, spent=0,
-                calls=0, created_at=now, expires_at=now + ttl, mirror_at=now, ended_at=None,
+                spender=spender, state="active", allowance=0, outstanding=0, spent=0,
+                calls=0, created_at=now, expires_at=now + ttl, mirror_at=0, ended_at=None,
                 lease_until=None))
+            await upsert_in(conn, owner=owner, spender=spender, allowance=allowance,
+                            read_at=now if read_at is None else read_at)
         return await self.get(sid)
 
     # -- sessions -----------------------------------------------------------------------
 
     async def get(self, session_id: str) -> Session | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+            row = (await conn.execute(SESSION_VIEW.where(sessions.c.id == session_id))).first()
         return Session.from_row(row) if row else None
 
     async def by_token(self, token: str) -> Session | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(sessions).where(
+            row = (await conn.execute(SESSION_VIEW.where(
                 sessions.c.token_hash == hash_token(token)))).first()
         return Session.from_row(row) if row else None
 
@@ -139,81 +164,56 @@ class SessionRecords:
                 sessions.c.id == session_id, sessions.c.state.in_(olds)).values(**values))
         return res.rowcount == 1
 
-    async def lease_live(self, lease_seconds: float, limit: int, older_than: float) -> list[Session]:
-        """Live sessions whose mirror view is older than `older_than` seconds, leased so
-        only one instance refreshes each."""
-        now = self._clock.now()
-        async with self._engine.begin() as conn:
-            ids = (await conn.execute(select(sessions.c.id).where(
-                sessions.c.state.in_(("active", "exhausted")),
-                sessions.c.mirror_at <= now - older_than,
-                or_(sessions.c.lease_until.is_(None), sessions.c.lease_until < now))
-                .order_by(sessions.c.mirror_at).limit(limit))).scalars().all()
-            if not ids:
-                return []
-            rows = (await conn.execute(update(sessions).where(
-                sessions.c.id.in_(ids),
-                or_(sessions.c.lease_until.is_(None), sessions.c.lease_until < now))
-                .values(lease_until=now + lease_seconds).returning(*sessions.c))).all()
-        return [Session.from_row(r) for r in rows]
-
     async def apply_mirror(self, session_id: str, *, allowance: int | None,
-                           reconciled_pull_ids: list[str], unit_price: int) -> Session | None:
-        """Record a mirror read: the allowance now (None = revoked) and the pulls it already
-        reflects (their amounts leave `outstanding`, in the same transaction)."""
-        now = self._clock.now()
-        async with self._engine.begin() as conn:
-            reconciled = 0
-            if reconciled_pull_ids:
-                # Only this session's pulls: another session's amount must never leave
-                # this session's `outstanding`.
-                rows = (await conn.execute(update(session_pulls).where(
-                    session_pulls.c.id.in_(reconciled_pull_ids),
-                    session_pulls.c.session_id == session_id,
-                    session_pulls.c.state == "succeeded")
-                    .values(state="reconciled", updated_at=now)
-                    .returning(session_pulls.c.amount))).all()
-                reconciled = sum(int(r.amount) for r in rows)
-            row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
-            if row is None:
-                return None
-            state = row.state
-            if state in ("active", "exhausted"):
-                if allowance is None:
-                    state = "revoked"
-                elif row.expires_at <= now:
-                    state = "expired"
-                else:
-                    left = allowance - (int(row.outstanding) - reconciled)
-                    state = "active" if left >= unit_price else "exhausted"
-            values = dict(allowance=allowance if allowance is not None else 0,
-                          outstanding=sessions.c.outstanding - reconciled, mirror_at=now,
-                          lease_until=None, state=state)
-            if state in ("revoked", "expired") and row.state not in ("revoked", "expired"):
-                values["ended_at"] = now
-            await conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+                           reconciled_pull_ids: list[str],
+                           unit_price: Callable[[str], int] | int) -> Session | None:
+        """Record a mirror read for the owner of `session_id` (see
+        `Allowances.apply_mirror`: the read is the owner's, for all their sessions);
+        the session as it is afterwards."""
+        session = await self.get(session_id)
+        if session is None:
+            return None
+        await self.allowances.apply_mirror(
+            session.owner, session.spender, allowance=allowance,
+            reconciled_pull_ids=reconciled_pull_ids, unit_price=unit_price)
         return await self.get(session_id)
-
-    async def release(self, session_id: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(sessions).where(sessions.c.id == session_id)
-                               .values(lease_until=None))
 
     # -- pulls ----------------------------------------------------------------------------
 
-    async def sessions_to_pull(self, older_than: float, limit: int = 50) -> list[str]:
-        """Sessions with kept charges not yet in a pull, the oldest charged before
-        `older_than` (unix time). Revoked sessions have nothing left to pull from."""
+    async def sessions_to_pull(self, owner: str, spender: str, cutoff: float) -> list[str]:
+        """The owner's sessions with kept charges not yet in a pull, created up to
+        `cutoff`, the one with the oldest such charge first."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(
                 select(session_charges.c.session_id)
                 .join(sessions, sessions.c.id == session_charges.c.session_id)
-                .where(session_charges.c.state == "kept", session_charges.c.pull_id.is_(None),
-                       sessions.c.state != "revoked")
+                .where(sessions.c.owner == owner, sessions.c.spender == spender,
+                       session_charges.c.state == "kept", session_charges.c.pull_id.is_(None),
+                       session_charges.c.created_at <= cutoff)
                 .group_by(session_charges.c.session_id)
-                .having(func.min(session_charges.c.created_at) <= older_than)
-                .limit(limit))).scalars().all()
+                .order_by(func.min(session_charges.c.created_at)))).scalars().all()
         return list(rows)
+
+    async def in_flight(self, owner: str, spender: str) -> int:
+        """What the owner's pulls not yet reconciled with the mirror take from the
+        allowance (the mirror's view may not show them yet)."""
+        async with self._engine.connect() as conn:
+            total = (await conn.execute(
+                select(func.coalesce(func.sum(session_pulls.c.amount), 0))
+                .join(sessions, sessions.c.id == session_pulls.c.session_id)
+                .where(sessions.c.owner == owner, sessions.c.spender == spender,
+                       session_pulls.c.state.in_(UNRECONCILED_PULLS)))).scalar_one()
+        return int(total)
+
+    async def owner_pulls(self, owner: str, spender: str,
+                          states: Iterable[str] = UNRECONCILED_PULLS) -> list[Pull]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(session_pulls)
+                .join(sessions, sessions.c.id == session_pulls.c.session_id)
+                .where(sessions.c.owner == owner, sessions.c.spender == spender,
+                       session_pulls.c.state.in_(list(states))))).all()
+        return [Pull.from_row(r) for r in rows]
 
     async def unpulled(self, session_id: str, cutoff: float) -> int:
         async with self._engine.connect() as conn:

@@ -34,11 +34,39 @@ def _create(*names: str) -> Callable[[Connection], None]:
     return run
 
 
+def _shared_allowances(conn: Connection) -> None:
+    """Version 4: one allowance row per (owner, spender), shared by the owner's sessions.
+
+    An existing database's sessions each had their own view; the row takes the most recent
+    view's allowance and the sum of every session's outstanding (what the owner was charged
+    and the mirror does not show yet), which can only under-state what is left. `mirror_at`
+    starts at 0, so no call is charged on the carried-over view before a fresh mirror read.
+    """
+    table = schema.session_allowances
+    table.create(conn, checkfirst=True)
+    have = {(r.owner, r.spender) for r in conn.execute(select(table.c.owner, table.c.spender))}
+    s = schema.sessions
+    rows = conn.execute(select(s.c.owner, s.c.spender, s.c.allowance, s.c.outstanding,
+                               s.c.mirror_at).order_by(s.c.mirror_at)).all()
+    merged: dict[tuple[str, str], dict] = {}
+    for r in rows:  # oldest view first: the latest allowance wins, outstanding adds up
+        key = (r.owner, r.spender)
+        if key in have:
+            continue
+        row = merged.setdefault(key, {"owner": r.owner, "spender": r.spender, "allowance": 0,
+                                      "outstanding": 0, "mirror_at": 0.0, "refusals": 0})
+        row["allowance"] = int(r.allowance)
+        row["outstanding"] += int(r.outstanding)
+    if merged:
+        conn.execute(insert(table), list(merged.values()))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
     Migration(3, "Hedera allowance sessions", _create(
         "session_nonces", "sessions", "session_charges", "session_pulls")),
+    Migration(4, "one allowance per session owner", _shared_allowances),
 ]
 
 

@@ -94,10 +94,10 @@ session_nonces = Table(
     Column("used_at", Float, nullable=True),
 )
 
-# One row per session. `allowance` is what the mirror showed at `mirror_at`; `outstanding`
-# is what was charged since and is not yet visible on the mirror (unpulled charges, and
-# pulls the mirror has not ingested). A call may be charged while
-# allowance - outstanding >= price.
+# One row per session: its owner, state, expiry and what it spent (for display). The money
+# lives in `session_allowances`, shared by all sessions of the owner; the session's own
+# `allowance`, `outstanding` and `mirror_at` columns were its private view before schema
+# version 4 and are no longer read.
 sessions = Table(
     "sessions", metadata,
     Column("id", String(32), primary_key=True),
@@ -150,4 +150,26 @@ session_pulls = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("lease_until", Float, nullable=True),
+)
+
+# One row per (owner, spender): the allowance that every session of that owner at this
+# gateway draws from. `allowance` is what the mirror showed at `mirror_at`; `outstanding` is
+# what was charged since, over all the owner's sessions, and is not yet visible on the
+# mirror (unpulled charges, and pulls the mirror has not ingested). A call may be charged
+# while allowance - outstanding >= price. `lease_until` leases the mirror refresh;
+# `pull_lease_until` the pulls. A pull refused on chain for allowance reasons sets
+# `refused_at` and `pull_after` (back-off, `refusals` in a row): no pull before a mirror
+# read later than `refused_at`, nor before `pull_after`.
+session_allowances = Table(
+    "session_allowances", metadata,
+    Column("owner", String(32), primary_key=True),
+    Column("spender", String(32), primary_key=True),
+    Column("allowance", BigInteger, nullable=False),
+    Column("outstanding", BigInteger, nullable=False),
+    Column("mirror_at", Float, nullable=False),
+    Column("lease_until", Float, nullable=True),
+    Column("pull_lease_until", Float, nullable=True),
+    Column("pull_after", Float, nullable=True),
+    Column("refused_at", Float, nullable=True),
+    Column("refusals", Integer, nullable=False, default=0),
 )

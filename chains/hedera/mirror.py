@@ -7,7 +7,9 @@ Errors:
 
 * ``ValueError`` for malformed ids, raised before any request.
 * :class:`MirrorUnavailable` when the mirror cannot give an answer: connection error,
-  timeout, HTTP 5xx or 429, or a body that is not the expected JSON. Retry later.
+  timeout, HTTP 5xx or 429, or a body that is not the expected JSON. Retry later. A 429
+  raises its subclass :class:`MirrorRateLimited`, whose ``retry_after`` (seconds, or None)
+  comes from the ``Retry-After`` header: callers wait that long before asking again.
 * :class:`MirrorNotFound` (also a ``LookupError``) for 404 where absence is an error
   (:meth:`MirrorClient.account`); :meth:`MirrorClient.transaction` returns None instead.
 * :class:`MirrorBadRequest` (also a ``ValueError``) for 400: the mirror rejected a parameter.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import email.utils
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,7 @@ __all__ = [
     "MirrorClient",
     "MirrorError",
     "MirrorNotFound",
+    "MirrorRateLimited",
     "MirrorUnavailable",
     "TransactionRecord",
     "Transfer",
@@ -50,6 +54,32 @@ class MirrorError(Exception):
 
 class MirrorUnavailable(MirrorError):
     """No usable answer (network error, timeout, 5xx/429, bad body): transient."""
+
+
+class MirrorRateLimited(MirrorUnavailable):
+    """The mirror answered 429. ``retry_after``: seconds it asked us to wait (from
+    ``Retry-After``, delta-seconds or an HTTP date), None when it did not say."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` (RFC 9110: delta-seconds or an HTTP date) as seconds from now;
+    None when absent or unreadable. Never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 class MirrorNotFound(MirrorError, LookupError):
@@ -182,7 +212,10 @@ class MirrorClient:
         status = response.status_code
         if status == 404:
             raise MirrorNotFound(f"not found: {url}")
-        if status >= 500 or status == 429:
+        if status == 429:
+            raise MirrorRateLimited(f"mirror answered 429: {url}",
+                                    retry_after_seconds(response.headers.get("Retry-After")))
+        if status >= 500:
             raise MirrorUnavailable(f"mirror answered {status}: {url}")
         if status == 400:
             raise MirrorBadRequest(f"mirror rejected request ({_messages(response)}): {url}")
@@ -285,7 +318,12 @@ class MirrorClient:
                 if failure is not None:
                     raise failure
                 return None
-            await asyncio.sleep(min(interval, remaining))
+            wait = interval
+            if isinstance(failure, MirrorRateLimited) and failure.retry_after is not None:
+                wait = max(interval, failure.retry_after)
+                if wait > remaining:
+                    raise failure  # the mirror asked us to wait past our deadline
+            await asyncio.sleep(min(wait, remaining))
 
 
 def _messages(response: httpx.Response) -> str:

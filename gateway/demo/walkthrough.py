@@ -27,7 +27,8 @@ TINYBAR_PER_HBAR = 100_000_000
 
 def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> dict[str, Any]:
     return {
-        "server": {"host": "127.0.0.1", "port": port, "allow_private_targets": True},
+        "server": {"host": "127.0.0.1", "port": port, "allow_private_targets": True,
+                   "public_url": f"http://127.0.0.1:{port}"},  # named in session activations
         "database": {"url": f"sqlite+aiosqlite:///{workdir / 'tollgate.db'}",
                      "master_key_file": str(workdir / "master.key"),
                      "master_key_env": "TOLLGATE_DEMO_MASTER_KEY"},

@@ -58,6 +58,9 @@ class SessionRail:
                                  destination=self.destination, window=cfg.pull_interval_seconds,
                                  ledger=self.ledger, abandon_after=longest_call + 300)
         self.limiter = RateLimiter(gw.config.server.session_api_per_minute, gw.clock)
+        if gw.config.server.public_url is None:
+            log.warning("server.public_url is not set: signed session activations name %s, "
+                        "which wallets will show to people", self.gateway_url())
         self._tasks: list[asyncio.Task] = []
 
     # -- terms ---------------------------------------------------------------------------
@@ -74,10 +77,17 @@ class SessionRail:
         pg = self.gw.config.paygate(paygate_id)
         return pg.pay_to.get("hedera") or self.cfg.account_id
 
+    def gateway_url(self) -> str:
+        """The URL the signed activation message names: `server.public_url`, else the
+        address the gateway listens on. From configuration only, never from a request's
+        Host header, which whoever relays a signature could set to anything."""
+        server = self.gw.config.server
+        return (server.public_url or f"http://{server.host}:{server.port}").rstrip("/")
+
     def terms(self, paygate_id: str) -> Terms:
         return Terms(paygate_id=paygate_id, network=self.cfg.network, spender=self.cfg.account_id,
                      unit_price=self.unit_price(paygate_id),
-                     session_ttl=self.cfg.session_ttl_seconds)
+                     session_ttl=self.cfg.session_ttl_seconds, gateway_url=self.gateway_url())
 
     def top_up(self, paygate_id: str, account: str | None = None) -> dict[str, str]:
         url = f"/?paygate={paygate_id}" + (f"&account={account}" if account else "")
@@ -158,11 +168,18 @@ class SessionRail:
         if row.mirror_at <= now - self.cfg.mirror_ttl_seconds:
             raise Unavailable("the mirror node has not confirmed this session's allowance "
                               "recently; retry shortly", code="mirror_unavailable")
+        left = row.available  # the owner's, shared by all their sessions here
+        extra = {**self.top_up(pg_id, row.owner), "remaining": left, "required": amount}
+        if left >= self.unit_price(pg_id):
+            # Cheaper calls still fit: refuse this call, not the session.
+            raise PaymentRejected("insufficient_allowance",
+                                  f"this call costs {amount} tinybars and the allowance has "
+                                  f"{left} left; cheaper calls still fit, or approve more",
+                                  extra)
         await self.records.move(row.id, "exhausted", only_from=("active",))
         raise PaymentRejected("session_exhausted",
-                              f"the allowance left ({max(row.allowance - row.outstanding, 0)} "
-                              f"tinybars) does not cover this call ({amount})",
-                              self.top_up(pg_id, row.owner))
+                              f"the allowance left ({left} tinybars) does not cover this "
+                              f"call ({amount}); approve more to go on", extra)
 
     async def complete(self, charge: Charge, status: int) -> dict[str, str]:
         charge_id, charge_below = charge.ref

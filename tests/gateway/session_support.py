@@ -11,9 +11,11 @@ UNIT_PRICE = 5_000_000  # tinybars: 0.05 HBAR per unit
 
 
 def session_config(net, origin_url: str, *, paygate_id: str = "sky", prefix: str = "/sky",
-                   hedera: dict | None = None, extra_paygates: list | None = None) -> dict:
+                   hedera: dict | None = None, extra_paygates: list | None = None,
+                   rules: list | None = None, server: dict | None = None) -> dict:
     spender = net.account("spender")
     return {
+        **({"server": server} if server else {}),
         "assets": {"hbar": {"type": "hbar", "network": "hedera:devnet"}},
         "hedera": {"network": "hedera:devnet", "nodes": net.network_map(),
                    "mirror_url": net.mirror_url, "account_id": spender.account_id,
@@ -22,7 +24,8 @@ def session_config(net, origin_url: str, *, paygate_id: str = "sky", prefix: str
         "paygates": [{"id": paygate_id, "prefix": prefix, "target": origin_url,
                       "rails": ["hedera-session"], "prices": {"hbar": "0.05"},
                       "pay_to": {"hedera": net.account("merchant").account_id},
-                      "rules": [{"method": "POST", "path": "/v1/bookings", "units": 3}]},
+                      "rules": [{"method": "POST", "path": "/v1/bookings", "units": 3},
+                                *(rules or [])]},
                      *(extra_paygates or [])],
     }
 

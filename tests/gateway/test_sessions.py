@@ -107,16 +107,20 @@ async def test_drained_to_exhaustion_then_402_with_top_up(sessions_gw, http, hed
     async with http.post(g.url + "/sky/v1/bookings", headers=call_headers(token)) as r:
         assert r.status == 200  # 3 units
     async with http.post(g.url + "/sky/v1/bookings", headers=call_headers(token)) as r:
+        assert r.status == 402  # 3 more do not fit, 1 does
+        assert (await r.json())["error"] == "insufficient_allowance"
+    async with http.get(g.url + "/sky/v1/flights", headers=call_headers(token)) as r:
+        assert r.status == 200
+    async with http.get(g.url + "/sky/v1/flights", headers=call_headers(token)) as r:
         assert r.status == 402
         body = await r.json()
-    assert body["error"] == "session_exhausted"
+    assert (body["error"], body["remaining"], body["required"]) == \
+        ("session_exhausted", 0, UNIT_PRICE)
     assert "top_up_url" in body and "PAYMENT-REQUIRED" in r.headers
-    async with http.get(g.url + "/sky/v1/flights", headers=call_headers(token)) as r:
-        assert r.status == 402  # the state is exhausted now, even for 1 unit
     async with http.get(g.url + "/api/sessions/current", headers={"X-Hedera-Session-Id": token}) as r:
         view = await r.json()
-    assert (view["state"], view["spent"], view["calls"]) == ("exhausted", 3 * UNIT_PRICE, 1)
-    assert len(o.requests) == 1
+    assert (view["state"], view["spent"], view["calls"]) == ("exhausted", 4 * UNIT_PRICE, 2)
+    assert len(o.requests) == 2
 
 
 async def test_parallel_calls_on_a_short_allowance_serve_exactly_k(sessions_gw, http,
@@ -230,7 +234,7 @@ async def test_mirror_down_runs_on_cache_for_the_ttl_then_503(sessions_gw, http,
     hedera_devnet.set_mirror_down(True)
     rail = rail_of(g)
     clock.advance(15)
-    assert await rail.refresher.work_once() == 1  # tried, mirror down: cached view kept
+    assert await rail.refresher.work_once() == 0  # tried, mirror down: cached view kept
     async with http.get(g.url + "/sky/v1/flights", headers=call_headers(token)) as r:
         assert r.status == 200
     clock.advance(20)
@@ -391,3 +395,150 @@ async def test_expired_nonces_are_forgotten(sessions_gw, http, hedera_account):
     clock.advance(600 + 86400 + 1)
     await rail.puller.work_once()
     assert await rail.records.nonce(nonce) is None
+
+
+# -- one allowance, however many sessions ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sessions_pg_server():
+    from tests.support.postgres import start_postgres
+
+    with start_postgres(database="tollgate_gw_sessions") as server:
+        yield server
+
+
+async def fresh_pg_url(server) -> str:
+    """A fresh, migrated database on the module's PostgreSQL server."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from store.db import create_engine_unpooled
+    from store.migrations import migrate
+
+    name = "gs_" + uuid.uuid4().hex[:12]
+    admin = create_engine_unpooled(server.url)
+    async with admin.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    url = server.url.rsplit("/", 1)[0] + "/" + name
+    engine = create_engine_unpooled(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql-two-instances"])
+async def test_one_allowance_shared_by_three_sessions(store, request, gateway, origin, http,
+                                                      hedera_devnet, hedera_account, tmp_path):
+    """An owner with three sessions (two tabs, two instances) is served what the allowance
+    covers, once: 60 parallel calls on an allowance for 10 serve exactly 10, and every
+    pull of what was charged succeeds on chain."""
+    o = await origin()
+    config = session_config(hedera_devnet, o.url)
+    if store == "sqlite":
+        gws = [await gateway(config)]
+    else:
+        url = await fresh_pg_url(request.getfixturevalue("sessions_pg_server"))
+        config["database"] = {"url": url, "master_key_file": str(tmp_path / "shared.key")}
+        gws = [await gateway(config), await gateway(config)]
+        assert all(g.gw.engine.dialect.name == "postgresql" for g in gws)
+    owner = hedera_account()
+    tokens = [await open_session(http, gws[i % len(gws)], hedera_devnet, owner,
+                                 allowance=10 * UNIT_PRICE) for i in range(3)]
+    merchant_before, owner_before = hedera_devnet.balance("merchant"), hedera_devnet.balance(owner)
+
+    async def call(i: int) -> int:
+        g = gws[i % len(gws)]
+        async with http.get(g.url + "/sky/v1/flights", headers=call_headers(tokens[i % 3])) as r:
+            return r.status
+
+    statuses = await asyncio.gather(*(call(i) for i in range(60)))
+    assert sorted(statuses) == [200] * 10 + [402] * 50
+    assert len(o.requests) == 10
+    rail = rail_of(gws[0])
+    views = [await rail.records.by_token(t) for t in tokens]
+    assert sum(v.spent for v in views) == 10 * UNIT_PRICE
+    assert sum(v.calls for v in views) == 10
+    assert {v.available for v in views} == {0}  # one balance, seen from every session
+
+    for g in gws:
+        rail_of(g).puller.window = 0
+    for _ in range(3):  # several passes of both instances: nothing more is tried
+        await asyncio.gather(*(rail_of(g).puller.work_once() for g in gws))
+    pulls = [p for v in views for p in await rail.records.pulls(v.id, states=(
+        "prepared", "submitted", "unknown", "succeeded", "failed", "reconciled"))]
+    assert pulls and {p.state for p in pulls} == {"succeeded"}
+    assert sum(p.amount for p in pulls) == 10 * UNIT_PRICE
+    assert hedera_devnet.balance("merchant") == merchant_before + 10 * UNIT_PRICE
+    assert hedera_devnet.balance(owner) == owner_before - 10 * UNIT_PRICE
+
+
+# -- a call that does not fit is refused, not the session -----------------------------------
+
+
+async def test_a_call_that_does_not_fit_is_refused_not_the_session(sessions_gw, http,
+                                                                   hedera_devnet, hedera_account):
+    g, o = await sessions_gw(rules=[{"method": "POST", "path": "/v1/charter", "units": 10}])
+    owner = hedera_account()
+    token = await open_session(http, g, hedera_devnet, owner, allowance=5 * UNIT_PRICE)
+    async with http.post(g.url + "/sky/v1/charter", headers=call_headers(token)) as r:
+        assert r.status == 402
+        body = await r.json()
+    assert body["error"] == "insufficient_allowance"
+    assert (body["remaining"], body["required"]) == (5 * UNIT_PRICE, 10 * UNIT_PRICE)
+    assert "top_up_url" in body
+    async with http.get(g.url + "/api/sessions/current", headers={"X-Hedera-Session-Id": token}) as r:
+        view = await r.json()
+    assert (view["state"], view["remaining"], view["calls"]) == ("active", 5 * UNIT_PRICE, 0)
+    async with http.get(g.url + "/sky/v1/flights", headers=call_headers(token)) as r:
+        assert r.status == 200
+        assert int(r.headers["X-Tollgate-Remaining"]) == 4 * UNIT_PRICE
+    assert [s.path for s in o.requests] == ["/v1/flights"]
+
+
+# -- the activation proof names the gateway -------------------------------------------------
+
+PUBLIC_URL = "https://pay.skyroute.example"
+
+
+@pytest.mark.parametrize("other", ["url", "spender", "network"])
+@pytest.mark.parametrize("says_message", [False, True])
+async def test_a_signature_for_another_gateway_opens_nothing(other, says_message, sessions_gw,
+                                                            http, hedera_devnet, hedera_account):
+    g, o = await sessions_gw(server={"public_url": PUBLIC_URL})
+    owner = hedera_account()
+    await approve(hedera_devnet, owner, 3 * UNIT_PRICE)
+    async with http.post(g.url + "/api/sessions/challenge",
+                         json={"account_id": owner.account_id, "paygate": "sky"}) as r:
+        ch = await r.json()
+    spender = hedera_devnet.account("spender").account_id
+    message = ch["message"]
+    for part in (PUBLIC_URL, spender, "hedera:devnet", ch["nonce"]):
+        assert part in message  # the message says where, to whom, on which network, which nonce
+    theirs = {"url": (PUBLIC_URL, "https://other-gateway.example"),
+              "spender": (spender, "0.0.999999"),
+              "network": ("hedera:devnet", "hedera:mainnet")}[other]
+    # What another site (same nonce, relayed) would have had the owner sign.
+    foreign = message.replace(*theirs)
+    assert foreign != message
+    body = {"account_id": owner.account_id, "paygate": "sky", "nonce": ch["nonce"],
+            "signature": sign_message(owner, foreign)}
+    if says_message:
+        body["message"] = foreign
+    async with http.post(g.url + "/api/sessions/activate", json=body) as r:
+        assert r.status == 403, await r.text()
+        err = await r.json()
+    assert err["error"] == ("proof_wrong_message" if says_message else "proof_bad_signature")
+    assert PUBLIC_URL in err["message"]
+    rail = rail_of(g)
+    assert (await rail.records.nonce(ch["nonce"])).used_at is None
+    # ...while the owner's signature over this gateway's own message opens a session.
+    body["signature"] = sign_message(owner, message)
+    body.pop("message", None)
+    async with http.post(g.url + "/api/sessions/activate", json=body) as r:
+        assert r.status == 201, await r.text()

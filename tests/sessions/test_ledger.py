@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import replace
 
 from sqlalchemy import event, func, select
 from sqlalchemy.util import await_only
@@ -153,10 +152,10 @@ async def test_refused_for_funds_claims_no_key(engine, ledger, records, clock, o
 
 
 async def test_refusals_for_the_session_state(engine, ledger, records, clock, open_session):
-    expiring = await open_session(allowance=5 * PRICE, ttl=100)
-    stale = await open_session(allowance=5 * PRICE)
-    states = {state: await open_session(allowance=5 * PRICE)
-              for state in ("exhausted", "revoked", "ended")}
+    expiring = await open_session(allowance=5 * PRICE, ttl=100, owner="0.0.1998")
+    stale = await open_session(allowance=5 * PRICE, owner="0.0.1999")
+    states = {state: await open_session(allowance=5 * PRICE, owner=f"0.0.{2000 + i}")
+              for i, state in enumerate(("revoked", "ended"))}
     for state, s in states.items():
         assert await records.move(s.id, state)
     clock.advance(100)
@@ -168,11 +167,66 @@ async def test_refusals_for_the_session_state(engine, ledger, records, clock, op
     for state, s in states.items():
         got = await charge(ledger, clock, s)
         assert isinstance(got, Refused) and got.session.state == state
-    assert await charge(ledger, clock, replace(stale, id="no-such-session")) == Refused(None)
+    assert await ledger.charge("no-such-session", "k", "fp", PRICE,
+                               fresh_after=0) == Refused(None)
     assert await count(engine, session_charges) == 0
     for s in (expiring, stale, *states.values()):
         after = await records.get(s.id)
         assert (after.outstanding, after.spent, after.calls) == (0, 0, 0)
+
+
+async def test_exhausted_is_a_label_what_is_left_decides(ledger, records, clock, open_session):
+    """A session marked exhausted (nothing fitted a moment ago) is charged again once money
+    is back, e.g. a concurrent call's charge was reversed: no wait for the next refresh."""
+    session = await open_session(allowance=PRICE)
+    first = await charge(ledger, clock, session)
+    assert isinstance(await charge(ledger, clock, session), Refused)
+    assert await records.move(session.id, "exhausted")
+    assert await ledger.reverse(first.charge_id)
+    again = await charge(ledger, clock, session)
+    assert isinstance(again, Charged) and again.remaining == 0
+    assert (await records.get(session.id)).state == "active"
+
+
+# -- one allowance, however many sessions -------------------------------------------------
+
+
+async def test_sessions_of_one_owner_share_one_allowance(engine, ledger, records, clock,
+                                                         open_session):
+    k, n = 10, 60
+    tabs = [await open_session(allowance=k * PRICE) for _ in range(3)]
+    results = await asyncio.gather(*(charge(ledger, clock, tabs[i % 3]) for i in range(n)))
+    charged = [r for r in results if isinstance(r, Charged)]
+    assert len(charged) == k
+    assert sorted(c.remaining for c in charged) == [i * PRICE for i in range(k)]
+    views = [await records.get(t.id) for t in tabs]
+    assert sum(v.spent for v in views) == k * PRICE and sum(v.calls for v in views) == k
+    assert {(v.allowance, v.outstanding) for v in views} == {(k * PRICE, k * PRICE)}
+    owner = await records.allowances.get(OWNER, SPENDER)
+    assert (owner.allowance, owner.outstanding) == (k * PRICE, k * PRICE)
+    # another owner's allowance is theirs alone
+    stranger = await open_session(allowance=PRICE, owner="0.0.1003")
+    assert isinstance(await charge(ledger, clock, stranger), Charged)
+
+
+async def test_an_older_mirror_read_never_overwrites_a_newer_one(records, clock, open_session):
+    """An activation's allowance read joins the owner's row only if it started after the
+    row's last read: an older one could predate a pull already taken out of outstanding."""
+    first = await open_session(allowance=10 * PRICE)
+    clock.advance(5)
+    await records.apply_mirror(first.id, allowance=6 * PRICE, reconciled_pull_ids=[],
+                               unit_price=PRICE)
+    nonce, _ = await records.issue_nonce("pg", OWNER, 600)
+    late = await records.create_session(nonce=nonce, token=new_token(), paygate_id="pg",
+                                        owner=OWNER, spender=SPENDER, allowance=10 * PRICE,
+                                        ttl=3600, read_at=clock.now() - 1)
+    assert (late.allowance, late.mirror_at) == (6 * PRICE, clock.now())
+    clock.advance(5)
+    nonce, _ = await records.issue_nonce("pg", OWNER, 600)
+    newer = await records.create_session(nonce=nonce, token=new_token(), paygate_id="pg",
+                                         owner=OWNER, spender=SPENDER, allowance=8 * PRICE,
+                                         ttl=3600, read_at=clock.now())
+    assert newer.allowance == 8 * PRICE
 
 
 # -- mirror reads ----------------------------------------------------------------------
@@ -260,10 +314,10 @@ async def test_concurrent_mirror_reads_reconcile_once(ledger, records, clock, op
     assert (after.outstanding, after.available) == (PRICE, 7 * PRICE)
 
 
-async def test_only_succeeded_pulls_of_this_session_are_reconciled(ledger, records, clock,
-                                                                   open_session):
+async def test_only_succeeded_pulls_of_this_owner_are_reconciled(ledger, records, clock,
+                                                                 open_session):
     mine = await open_session(allowance=10 * PRICE)
-    other = await open_session(allowance=10 * PRICE)
+    other = await open_session(allowance=10 * PRICE, owner="0.0.1003")
     other_pull = await _pulled(ledger, records, clock, other, 2)
     got = await charge(ledger, clock, mine)
     await ledger.keep(got.charge_id)

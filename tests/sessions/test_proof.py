@@ -16,8 +16,8 @@ from eth_utils import keccak
 
 from chains.hedera.mirror import TransactionRecord
 from sessions.proof import (
+    Challenge,
     ProofError,
-    challenge_message,
     check_memo_record,
     check_signature,
     decode_signature,
@@ -28,6 +28,13 @@ from sessions.proof import (
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 OWNER = "0.0.4242"
 NONCE = "0f" * 16
+
+
+def challenge_message(nonce: str, **changes) -> str:
+    fields = dict(gateway_url="https://pay.example.com", account_id=OWNER, spender="0.0.77",
+                  network="hedera:testnet", paygate="api", nonce=nonce,
+                  issued_at=1_700_000_000, expires_at=1_700_000_600)
+    return Challenge(**{**fields, **changes}).message()
 
 
 # -- memo proof -----------------------------------------------------------------------
@@ -44,7 +51,40 @@ def record(*, result="SUCCESS", name="CRYPTOAPPROVEALLOWANCE", payer=OWNER,
 
 def test_memo_for_and_challenge_message():
     assert memo_for("abc") == "tollgate:abc"
-    assert challenge_message("abc") == "tollgate:abc"
+    # CAIP-122 ("Sign-In with X") layout: who asks, which account, then the fields.
+    assert challenge_message("abc").split("\n") == [
+        "pay.example.com wants you to sign in with your Hedera account:",
+        OWNER,
+        "",
+        "Open an allowance session at https://pay.example.com for paygate api, spending from "
+        "your HBAR allowance to 0.0.77.",
+        "",
+        "URI: https://pay.example.com",
+        "Version: 1",
+        "Chain ID: hedera:testnet",
+        "Nonce: abc",
+        "Issued At: 2023-11-14T22:13:20Z",
+        "Expiration Time: 2023-11-14T22:23:20Z",
+        "Resources:",
+        "- hedera:testnet:0.0.77",
+    ]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"gateway_url": "https://evil.example"}, "URI"),
+    ({"spender": "0.0.78"}, "spender"),
+    ({"network": "hedera:mainnet"}, "Chain ID"),
+    ({"nonce": "def"}, "Nonce"),
+])
+def test_another_gateways_message_is_named_as_such(change, field):
+    ours = Challenge(gateway_url="https://pay.example.com", account_id=OWNER, spender="0.0.77",
+                     network="hedera:testnet", paygate="api", nonce="abc",
+                     issued_at=1_700_000_000, expires_at=1_700_000_600)
+    ours.check_message(ours.message())  # no exception
+    with pytest.raises(ProofError) as err:
+        ours.check_message(challenge_message(**{"nonce": "abc", **change}))
+    assert err.value.code == "proof_wrong_message"
+    assert f"its {field} is not" in err.value.message
 
 
 def test_a_matching_memo_record_is_proof():
@@ -82,8 +122,8 @@ def test_memo_record_checks_run_in_order():
 
 def test_signed_bytes_format():
     message = challenge_message(NONCE)
-    assert len(message) == 41
-    assert signed_bytes(message) == b"\x19Hedera Signed Message:\n41" + message.encode()
+    assert len(message.encode()) == 398  # the length prefix counts bytes, in decimal
+    assert signed_bytes(message) == b"\x19Hedera Signed Message:\n398" + message.encode()
     assert signed_bytes("") == b"\x19Hedera Signed Message:\n0"
     assert signed_bytes("hello") == b"\x19Hedera Signed Message:\n5hello"
 

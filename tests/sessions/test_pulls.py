@@ -342,3 +342,88 @@ async def test_charges_abandoned_mid_call_are_reversed(setup, records, ledger, c
     assert (after.outstanding, after.spent, after.calls) == (0, 0, 0)
     again = await ledger.charge(s.id, "died-here", "fp", PRICE, fresh_after=0)
     assert isinstance(again, Charged)  # the key is free for the retry
+
+
+# -- a pull refused for allowance reasons -----------------------------------------------------
+
+
+def pull_submissions(net, spender_id: str) -> int:
+    """Pulls that reached consensus (each one cost the spender a fee), read from the
+    devnet's own record of consensus."""
+    num = int(spender_id.rsplit(".", 1)[1])
+    with net.ledger.lock:
+        return sum(1 for recs in net.ledger.records.values() for r in recs
+                   if r.key.payer == num and r.memo.startswith(b"tollgate pull"))
+
+
+@pytest.mark.parametrize("owner_does", ["cut", "revoke"])
+async def test_a_refused_pull_waits_for_the_mirror_and_backs_off(owner_does, setup, records,
+                                                                 clock):
+    """The owner lowers (or revokes) the allowance behind the gateway's back. The pull
+    that meets it is refused on chain; the next one is made only after the mirror was
+    read again, never in a loop: count what reached consensus."""
+    from sessions.refresh import Refresher
+
+    owner, s = await setup.session(allowance=10 * PRICE)
+    for _ in range(3):
+        await setup.calls(s, 1)
+        clock.advance(0.001)
+    await approve(setup.net, owner, PRICE if owner_does == "cut" else 0)
+    before = pull_submissions(setup.net, setup.spender.account_id)
+    owner_before, dest_before = setup.balances(owner)
+    worker = setup.worker()
+    clock.advance(WINDOW + 1)
+    await worker.work_once()
+    assert pull_submissions(setup.net, setup.spender.account_id) == before + 1
+    (refused,) = await records.pulls(s.id, states=("failed",))
+    assert refused.error in ("AMOUNT_EXCEEDS_ALLOWANCE", "SPENDER_DOES_NOT_HAVE_ALLOWANCE")
+    for _ in range(20):  # many passes, no mirror read in between: nothing is sent
+        clock.advance(WINDOW + 1)
+        await worker.work_once()
+    assert pull_submissions(setup.net, setup.spender.account_id) == before + 1
+
+    refresher = Refresher(records, setup.mirror, clock, lambda _: PRICE, ttl=30.0)
+    await refresher.refresh(await records.get(s.id))
+    for _ in range(20):
+        clock.advance(WINDOW + 1)
+        await worker.work_once()
+        await refresher.work_once()
+    sent = pull_submissions(setup.net, setup.spender.account_id) - before
+    if owner_does == "cut":
+        # One pull of what the allowance still covers; the rest is never tried.
+        assert sent == 2
+        assert [p.amount for p in await records.pulls(s.id, states=("succeeded", "reconciled"))] \
+            == [PRICE]
+        assert setup.balances(owner) == (owner_before - PRICE, dest_before + PRICE)
+    else:
+        assert sent == 1
+        assert (await records.get(s.id)).state == "revoked"
+        assert setup.balances(owner) == (owner_before, dest_before)
+
+
+async def test_after_a_refusal_the_next_pull_waits_for_the_back_off(setup, records, clock):
+    from sessions.allowances import REFUSAL_BACKOFF, refusal_backoff
+    from sessions.refresh import Refresher
+
+    owner, s = await setup.session(allowance=10 * PRICE)
+    for _ in range(2):
+        await setup.calls(s, 1)
+        clock.advance(0.001)  # charges made at one instant are pulled together or not at all
+    await approve(setup.net, owner, PRICE)
+    before = pull_submissions(setup.net, setup.spender.account_id)
+    worker = setup.worker()
+    clock.advance(WINDOW + 1)
+    await worker.work_once()  # refused: AMOUNT_EXCEEDS_ALLOWANCE
+    refresher = Refresher(records, setup.mirror, clock, lambda _: PRICE, ttl=30.0)
+    clock.advance(1)
+    await refresher.refresh(await records.get(s.id))  # the mirror read comes at once...
+    await worker.work_once()
+    clock.advance(REFUSAL_BACKOFF - 2)
+    await worker.work_once()
+    assert pull_submissions(setup.net, setup.spender.account_id) == before + 1  # ...the pull not
+    clock.advance(1)
+    await worker.work_once()
+    assert pull_submissions(setup.net, setup.spender.account_id) == before + 2
+    assert [p.amount for p in await records.pulls(s.id, states=("succeeded",))] == [PRICE]
+    assert [refusal_backoff(n) for n in (1, 2, 3, 20)] == \
+        [REFUSAL_BACKOFF, 2 * REFUSAL_BACKOFF, 4 * REFUSAL_BACKOFF, 3600.0]

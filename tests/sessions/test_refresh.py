@@ -141,7 +141,7 @@ class LeaseRendezvous:
         self.all_here = asyncio.Event()
 
     def _before(self, conn, cursor, statement, parameters, context, executemany):
-        if not statement.startswith("UPDATE sessions SET lease_until="):
+        if not statement.startswith("UPDATE session_allowances SET lease_until="):
             return
         self.arrived += 1
         if self.arrived >= self.parties:
@@ -160,13 +160,16 @@ class LeaseRendezvous:
         event.remove(self.engine, "before_cursor_execute", self._before)
 
 
-async def test_instances_do_not_refresh_the_same_session_in_one_pass(
+async def test_instances_do_not_refresh_the_same_owner_in_one_pass(
         engine, clock, mirror, hedera_devnet, hedera_account):
     records = SessionRecords(engine, clock)
-    spender, owner = hedera_devnet.account("spender"), hedera_account()
-    await approve(hedera_devnet, owner, 10 * PRICE)
-    ids = {(await new_session(records, allowance=10 * PRICE, owner=owner.account_id,
-                              spender=spender.account_id)).id for _ in range(6)}
+    spender = hedera_devnet.account("spender")
+    owners = [hedera_account() for _ in range(3)]
+    ids = set()
+    for owner in owners:  # two sessions each: the refresh is the owner's
+        await approve(hedera_devnet, owner, 10 * PRICE)
+        ids |= {(await new_session(records, allowance=10 * PRICE, owner=owner.account_id,
+                                   spender=spender.account_id)).id for _ in range(2)}
     mirrors = [CountingMirror(mirror) for _ in range(4)]
     workers = [refresher(records, m, clock) for m in mirrors]
     assert await workers[0].work_once() == 0  # every view is fresh
@@ -178,10 +181,10 @@ async def test_instances_do_not_refresh_the_same_session_in_one_pass(
     with LeaseRendezvous(engine, len(workers) if racing else 1) as rendezvous:
         done = await asyncio.gather(*(w.work_once() for w in workers))
     if racing:
-        assert rendezvous.arrived == len(workers)  # the race was run
-    assert sum(done) == len(ids)
+        assert rendezvous.arrived >= len(workers)  # the race was run
+    assert sum(done) == len(owners)
     reads = [owner_id for m in mirrors for owner_id in m.allowance_reads]
-    assert len(reads) == len(ids)
+    assert sorted(reads) == sorted(o.account_id for o in owners)
     for sid in ids:
         after = await records.get(sid)
         assert after.mirror_at == clock.now() and after.state == "active"
@@ -196,8 +199,9 @@ async def test_a_held_lease_blocks_others_until_it_expires(engine, clock, mirror
     session = await new_session(records, allowance=10 * PRICE, owner=owner.account_id,
                                 spender=spender.account_id)
     clock.advance(TTL / 3)
-    # An instance leased the session and died before refreshing it.
-    assert [s.id for s in await records.lease_live(TTL, 50, TTL / 3)] == [session.id]
+    # An instance leased the owner and died before refreshing it.
+    assert await records.allowances.lease_for_refresh(TTL, 50, TTL / 3) == \
+        [(owner.account_id, spender.account_id)]
     counting = CountingMirror(mirror)
     worker = refresher(records, counting, clock)
     assert await worker.work_once() == 0
@@ -216,10 +220,66 @@ async def test_mirror_down_releases_the_lease_and_keeps_the_view(
     clock.advance(TTL / 3)
     worker = refresher(records, mirror, clock)
     hedera_mirror_faults.set_mirror_down(True)
-    assert await worker.work_once() == 1
+    assert await worker.work_once() == 0  # asked, nothing refreshed
     kept = await records.get(session.id)
     assert (kept.state, kept.allowance, kept.mirror_at) == ("active", 10 * PRICE,
                                                             session.mirror_at)
     hedera_mirror_faults.set_mirror_down(False)
     assert await worker.work_once() == 1  # released at once, not held for the lease
     assert (await records.get(session.id)).mirror_at == clock.now()
+
+
+# -- one mirror read per owner, and back-off on 429 --------------------------------------------
+
+
+def allowance_reads(net, owner_id: str, since: int) -> int:
+    return sum(1 for path in net.mirror_requests(since)
+               if path.startswith(f"/api/v1/accounts/{owner_id}/allowances/crypto"))
+
+
+async def test_mirror_reads_do_not_grow_with_the_sessions_of_one_owner(
+        engine, clock, mirror, hedera_devnet, hedera_account):
+    records = SessionRecords(engine, clock)
+    spender = hedera_devnet.account("spender")
+    worker = refresher(records, mirror, clock)
+    reads = {}
+    for n in (1, 5):
+        owner = hedera_account()
+        await approve(hedera_devnet, owner, 10 * PRICE)
+        ids = [(await new_session(records, allowance=10 * PRICE, owner=owner.account_id,
+                                  spender=spender.account_id)).id for _ in range(n)]
+        clock.advance(TTL / 3)
+        mark = len(hedera_devnet.mirror_requests())
+        for _ in range(3):  # three refresh periods
+            await worker.work_once()
+            clock.advance(TTL / 3)
+        reads[n] = allowance_reads(hedera_devnet, owner.account_id, mark)
+        for sid in ids:
+            assert (await records.get(sid)).mirror_at >= clock.now() - TTL / 3
+    assert reads[1] == reads[5] == 3
+
+
+async def test_mirror_429_pauses_refresh_for_retry_after(
+        sqlite_engine, clock, mirror, hedera_devnet, hedera_account, hedera_mirror_faults):
+    records = SessionRecords(sqlite_engine, clock)
+    spender = hedera_devnet.account("spender")
+    owners = [hedera_account() for _ in range(3)]
+    for owner in owners:
+        await approve(hedera_devnet, owner, 10 * PRICE)
+        await new_session(records, allowance=10 * PRICE, owner=owner.account_id,
+                          spender=spender.account_id)
+    worker = refresher(records, mirror, clock)
+    clock.advance(TTL / 3)
+    hedera_mirror_faults.set_mirror_rate_limited(True, retry_after=7)
+    mark = len(hedera_devnet.mirror_requests())
+    await worker.work_once()
+    assert len(hedera_devnet.mirror_requests(mark)) == 1  # the 429 stops the pass at once
+    for _ in range(6):  # within Retry-After: the mirror is not asked again
+        clock.advance(1)
+        await worker.work_once()
+    assert len(hedera_devnet.mirror_requests(mark)) == 1
+    hedera_mirror_faults.set_mirror_rate_limited(False)
+    clock.advance(1.5)
+    assert await worker.work_once() == len(owners)
+    for owner in owners:
+        assert allowance_reads(hedera_devnet, owner.account_id, mark) >= 1

@@ -10,12 +10,15 @@ Shapes follow ``rest/api/v1/openapi.yml`` of hiero-mirror-node:
   full, as the real mirror does, so a client may fetch one empty last page.
 * ``GET /api/v1/transactions/{transactionIdOrHash}`` (dash id or hex hash, optional
   ``nonce``/``scheduled``) -> ``{"transactions": [TransactionDetail...]}`` in consensus order.
-* Errors: ``{"_status": {"messages": [{"message": ...}]}}`` with 400/404/503.
+* Errors: ``{"_status": {"messages": [{"message": ...}]}}`` with 400/404/429/503.
 
 Ingestion lag: a change is visible only once ``consensus time + lag <= now``.
-Faults: ``MirrorControl.mode`` ``"503"`` answers 503 to everything; ``"refuse"`` is
-applied by :class:`MirrorServer` (listener closed) and, for keep-alive connections that
-are already open, by dropping the connection here.
+Faults: ``MirrorControl.mode`` ``"503"`` answers 503 to everything; ``"429"`` answers
+429 ``Too Many Requests`` (with ``Retry-After: <MirrorControl.retry_after>`` seconds when
+set), as a rate-limited public mirror does; ``"refuse"`` is applied by
+:class:`MirrorServer` (listener closed) and, for keep-alive connections that are already
+open, by dropping the connection here. Every request that reaches the app (answered or
+not) is logged in ``MirrorControl.requests`` as its path and query string.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import base64
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -46,10 +49,13 @@ _OPS = {"eq": lambda a, b: a == b, "gt": lambda a, b: a > b, "gte": lambda a, b:
 
 @dataclass
 class MirrorControl:
-    """Knobs shared with the test thread: ingestion lag and fault mode (None/"503"/"refuse")."""
+    """Knobs shared with the test thread: ingestion lag, fault mode (None/"503"/"429"/
+    "refuse"), the Retry-After seconds of "429" (None: no header), and the request log."""
 
     lag_ns: int = 0
     mode: str | None = None
+    retry_after: int | None = None
+    requests: list[str] = field(default_factory=list)
 
 
 def _error(status: int, *messages: str) -> web.Response:
@@ -104,6 +110,7 @@ class MirrorApp:
 
     @web.middleware
     async def _faults(self, request: web.Request, handler):
+        self.control.requests.append(request.path_qs)
         mode = self.control.mode
         if mode == "refuse" and request.transport is not None:
             # A keep-alive connection opened before the switch: drop it. The response
@@ -112,6 +119,11 @@ class MirrorApp:
             return web.Response(status=503)
         if mode == "503":
             return _error(503, "Service Unavailable")
+        if mode == "429":
+            response = _error(429, "Too Many Requests")
+            if self.control.retry_after is not None:
+                response.headers["Retry-After"] = str(self.control.retry_after)
+            return response
         try:
             return await handler(request)
         except _BadRequest as bad:

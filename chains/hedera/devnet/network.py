@@ -216,6 +216,17 @@ class HederaDevnet:
         self.control.mode = mode
         mirror.set_refusing(mode == "refuse")
 
+    def set_mirror_rate_limited(self, limited: bool, retry_after: int | None = None) -> None:
+        """Make the mirror answer 429 Too Many Requests to everything (with
+        ``Retry-After: <retry_after>`` when given), or stop (``limited=False``)."""
+        self.control.retry_after = retry_after if limited else None
+        self.control.mode = "429" if limited else None
+
+    def mirror_requests(self, since: int = 0) -> list[str]:
+        """Paths (with query) of the requests the mirror received, oldest first, from
+        index ``since`` on (``len(mirror_requests())`` marks a point to count from)."""
+        return list(self.control.requests[since:])
+
     def fail_next_submissions(self, count: int = 1, mode: str = "lost") -> None:
         """Next ``count`` transaction submissions: "busy" (precheck BUSY, not processed) or
         "lost" (processed, then the answer is dropped with gRPC UNAVAILABLE)."""

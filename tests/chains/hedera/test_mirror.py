@@ -217,3 +217,31 @@ async def test_client_classifies_answers():
 async def test_concurrent_requests(hedera_devnet, mirror):
     infos = await asyncio.gather(*(mirror.account("0.0.2") for _ in range(20)))
     assert {info.id for info in infos} == {"0.0.2"}
+
+
+@pytest.mark.parametrize("retry_after", [7, None])
+async def test_a_429_says_how_long_to_wait(hedera_mirror_faults, hedera_account, mirror,
+                                           retry_after):
+    from chains.hedera.mirror import MirrorRateLimited
+
+    owner = hedera_account()
+    hedera_mirror_faults.set_mirror_rate_limited(True, retry_after=retry_after)
+    response = httpx.get(hedera_mirror_faults.mirror_url + f"/api/v1/accounts/{owner.account_id}")
+    assert response.status_code == 429
+    assert response.json() == {"_status": {"messages": [{"message": "Too Many Requests"}]}}
+    assert response.headers.get("Retry-After") == (None if retry_after is None else "7")
+    with pytest.raises(MirrorRateLimited) as err:
+        await mirror.crypto_allowance(owner.account_id, "0.0.1001")
+    assert isinstance(err.value, MirrorUnavailable) and err.value.retry_after == retry_after
+    hedera_mirror_faults.set_mirror_rate_limited(False)
+    assert await mirror.crypto_allowance(owner.account_id, "0.0.1001") is None
+
+
+def test_retry_after_header_forms():
+    from chains.hedera.mirror import retry_after_seconds
+
+    assert retry_after_seconds("120") == 120.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    now = 1_700_000_000  # Tue, 14 Nov 2023 22:13:20 GMT
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:13:50 GMT", now=now) == 30.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:13:00 GMT", now=now) == 0.0  # past: now
