@@ -41,12 +41,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Literal
 
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
-from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector, to_hex
+from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector
+from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, used_outcome
 from chains.payments import SettleOutcome
 
 __all__ = [
@@ -66,13 +66,6 @@ __all__ = [
 TRANSFER_WITH_AUTHORIZATION = selector(
     "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
 )
-
-TOPIC_TRANSFER = keccak(text="Transfer(address,address,uint256)")
-TOPIC_AUTHORIZATION_USED = keccak(text="AuthorizationUsed(address,bytes32)")
-TOPIC_AUTHORIZATION_CANCELED = keccak(text="AuthorizationCanceled(address,bytes32)")
-NONCE_ALREADY_USED = "invalid_exact_evm_nonce_already_used"
-SETTLEMENT_PENDING = "settlement_pending"
-LOG_LOOKBACK_BLOCKS = 10_000  # public nodes refuse wider log queries
 
 # Persist the signed transaction (hash, raw bytes) before it is broadcast.
 Persist = Callable[[str, bytes], Awaitable[None]]
@@ -443,34 +436,7 @@ class Settler:
         return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, "re-sent the persisted transaction")
 
     async def _used_outcome(self, token: str, auth: TransferAuthorization, tx_hash: str | None) -> SettleOutcome:
-        """The authorization is used or cancelled on chain: which, and by what?"""
-        try:
-            used = await self._auth_log_tx(token, auth, TOPIC_AUTHORIZATION_USED)
-            if used is not None:
-                receipt = await self.rpc.get_transaction_receipt(used)
-                if receipt and _pays(receipt, token, auth):
-                    return SettleOutcome("settled", used, detail="authorization is used on chain",
-                                         block_number=int(receipt["blockNumber"], 16),
-                                         gas_used=int(receipt["gasUsed"], 16))
-                return SettleOutcome("failed", tx_hash, NONCE_ALREADY_USED,
-                                     f"the authorization's nonce was used by another transfer ({used})")
-            if await self._auth_log_tx(token, auth, TOPIC_AUTHORIZATION_CANCELED) is not None:
-                return SettleOutcome("failed", tx_hash, NONCE_ALREADY_USED, "the payer cancelled the authorization")
-        except RpcError as exc:
-            # Used or cancelled cannot be told apart without logs: keep it open.
-            return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, f"log lookup refused: {exc}")
-        return SettleOutcome("failed", tx_hash, NONCE_ALREADY_USED,
-                             f"used or cancelled; no AuthorizationUsed log in the last {LOG_LOOKBACK_BLOCKS} blocks")
-
-    async def _auth_log_tx(self, token: str, auth: TransferAuthorization, topic: bytes) -> str | None:
-        latest = await self.rpc.block_number()
-        logs = await self.rpc.call("eth_getLogs", [{
-            "address": to_checksum_address(token),
-            "fromBlock": to_hex(max(0, latest - LOG_LOOKBACK_BLOCKS)),
-            "toBlock": to_hex(latest),
-            "topics": [to_hex(topic), _topic_address(auth.from_), to_hex(auth.nonce)],
-        }])
-        return str(logs[0]["transactionHash"]).lower() if logs else None
+        return await used_outcome(self.rpc, token, auth, tx_hash)
 
     async def _classify(
         self, receipt: TxReceipt, token: str | None = None, auth: TransferAuthorization | None = None
@@ -517,19 +483,3 @@ class Settler:
         if receipt.gas_used >= int(tx["gas"], 16):
             return "out of gas"
         return None
-
-
-def _topic_address(address: str) -> str:
-    return to_hex(abi_encode(["address"], [to_checksum_address(address)]))
-
-
-def _pays(receipt: dict, token: str, auth: TransferAuthorization) -> bool:
-    """Did this receipt's token emit Transfer(auth.from_ -> auth.to, auth.value)?"""
-    want = [to_hex(TOPIC_TRANSFER), _topic_address(auth.from_), _topic_address(auth.to)]
-    for entry in receipt.get("logs") or []:
-        if str(entry.get("address", "")).lower() != token.lower():
-            continue
-        topics = [str(t).lower() for t in entry.get("topics") or []]
-        if topics == want and abi_decode(["uint256"], from_hex(entry["data"]))[0] == auth.value:
-            return True
-    return False
