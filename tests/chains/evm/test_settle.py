@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
 import pytest
 
@@ -220,8 +221,15 @@ def _cancel_authorization(devnet, payer, nonce: bytes) -> str:
     data = selector("cancelAuthorization(address,bytes32,uint8,bytes32,bytes32)") + encode(
         ["address", "bytes32", "uint8", "bytes32", "bytes32"],
         [payer.address, nonce, sig[64], sig[:32], sig[32:64]])
-    return devnet.request("eth_sendTransaction", [{"from": payer.address, "to": devnet.token_address,
-                                                   "data": "0x" + data.hex()}])
+    tx_hash = devnet.request("eth_sendTransaction", [{"from": payer.address, "to": devnet.token_address,
+                                                      "data": "0x" + data.hex()}])
+    for _ in range(500):  # mined at once with automine; bounded wait, not a criterion
+        receipt = devnet.request("eth_getTransactionReceipt", [tx_hash])
+        if receipt:
+            assert int(receipt["status"], 16) == 1, receipt
+            return tx_hash
+        time.sleep(0.01)
+    raise AssertionError(f"cancelAuthorization {tx_hash} was not mined")
 
 
 async def test_cancelled_authorization_is_failed_not_settled(evm_devnet, evm_rpc, evm_settler,
