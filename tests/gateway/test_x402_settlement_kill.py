@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ class Serve:
     def __init__(self, config_path: Path, log_path: Path) -> None:
         self.port = free_port()
         self.log = open(log_path, "ab")
-        self.proc = __import__("subprocess").Popen(
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "-c", str(config_path),
              "--port", str(self.port)],
             cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
@@ -94,7 +95,7 @@ class Serve:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=NET_WAIT)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.kill()
         self.log.close()
 
@@ -178,7 +179,7 @@ async def test_kill_9_mid_settlement_every_served_payment_settles_once_in_time(
     # before it expired, and the money moved once per payment.
     assert len({r.tx_hash for r in rows}) == PAYMENTS
     for r in rows:
-        auth = r.payload and json.loads(r.payload)["payment"]["payload"]["authorization"]
+        auth = json.loads(r.payload)["payment"]["payload"]["authorization"]
         assert authorization_used(evm_devnet, auth["from"], auth["nonce"])
         receipt = evm_devnet.request("eth_getTransactionReceipt", [r.tx_hash])
         assert int(receipt["status"], 16) == 1
