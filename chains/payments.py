@@ -13,6 +13,11 @@ State machine (a payment row is created already `verified`, by the claim):
 never answered with a fresh 402 and never settled a second time; the settlement worker
 resolves it from the chain.
 
+Leases: whoever works a payment (`settling`, or a worker pass on `queued`/`unknown`) holds
+a short lease (`lease_owner`, `lease_until`) and renews it while working; a row whose lease
+lapsed belongs to a dead or stalled instance and any instance takes it over at once. The
+worker takes rows in order of their authorization's expiry (`valid_before`).
+
 The claim is one statement: `INSERT ... ON CONFLICT DO NOTHING RETURNING id`. Whoever
 inserts the row owns the payment; anyone else presenting it gets the stored response.
 """
@@ -20,6 +25,7 @@ inserts the row owns the payment; anyone else presenting it gets the stored resp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import secrets
@@ -92,6 +98,7 @@ class NewPayment:
     amount: int
     settlement: str
     payload: dict[str, Any]
+    valid_before: float | None = None  # the authorization's expiry (unix s); settle order
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class PaymentRow:
     tx_hash: str | None
     error: str | None
     attempts: int
+    raw_tx: bytes | None = None  # the signed settlement transaction, persisted before sending
+    lease_owner: str | None = None
+    valid_before: float | None = None
 
     @classmethod
     def from_row(cls, r: Any) -> "PaymentRow":
@@ -160,6 +170,7 @@ class PaymentStore:
             network=p.network, asset=p.asset, payer=p.payer, pay_to=p.pay_to, amount=p.amount,
             state="verified", settlement=p.settlement, payload=json.dumps(p.payload),
             tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now)
+        values["valid_before"] = p.valid_before
         try:
             async with self._engine.begin() as conn:
                 # The insert comes first: a payment seen before conflicts here at once, and
@@ -197,61 +208,95 @@ class PaymentStore:
     async def get(self, payment_id: str) -> PaymentRow | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(payments).where(payments.c.id == payment_id))).first()
-        return PaymentRow.from_row(row) if row else None
+        return _full_row(row) if row else None
 
     async def transition(self, payment_id: str, old: str | Iterable[str], new: str, *,
-                         tx_hash: str | None = None, error: str | None = None) -> bool:
+                         tx_hash: str | None = None, error: str | None = None,
+                         lease: tuple[str, float] | None = None,
+                         retry_after: float | None = None) -> bool:
         """Move from `old` (one state or several) to `new` if the row is still there;
-        False if someone else moved it first. Illegal transitions raise."""
+        False if someone else moved it first. Illegal transitions raise.
+
+        `lease=(owner, seconds)` gives the row to `owner` for `seconds` (renew it while
+        working); `retry_after` frees it for anyone that many seconds from now. A final
+        state frees it."""
         olds = [old] if isinstance(old, str) else list(old)
         for o in olds:
             check_transition(o, new)
-        values: dict[str, Any] = {"state": new, "updated_at": self._clock.now()}
+        now = self._clock.now()
+        values: dict[str, Any] = {"state": new, "updated_at": now}
         if tx_hash is not None:
             values["tx_hash"] = tx_hash
         if error is not None:
             values["error"] = error
         if new == "settling":
             values["attempts"] = payments.c.attempts + 1
+        if lease is not None:
+            values["lease_owner"], values["lease_until"] = lease[0], now + lease[1]
+        elif retry_after is not None:
+            values["lease_owner"], values["lease_until"] = None, now + retry_after
         if new in ("settled", "failed", "void"):
             values["lease_until"] = None
+            values["lease_owner"] = None
         async with self._engine.begin() as conn:
             res = await conn.execute(update(payments).where(
                 payments.c.id == payment_id, payments.c.state.in_(olds)).values(**values))
         return res.rowcount == 1
 
-    async def set_tx_hash(self, payment_id: str, tx_hash: str) -> None:
+    async def set_tx_hash(self, payment_id: str, tx_hash: str, raw_tx: bytes | None = None) -> None:
+        """Record the settlement transaction; with `raw_tx`, its signed bytes (before they
+        are sent, so that recovery re-sends them rather than build a competing one)."""
+        values: dict[str, Any] = {"tx_hash": tx_hash, "updated_at": self._clock.now()}
+        if raw_tx is not None:
+            values["raw_tx"] = raw_tx.hex()
         async with self._engine.begin() as conn:
-            await conn.execute(update(payments).where(payments.c.id == payment_id)
-                               .values(tx_hash=tx_hash, updated_at=self._clock.now()))
+            await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
 
     async def lease(self, states: Iterable[str], lease_seconds: float, limit: int,
-                    older_than: float = 0) -> list[PaymentRow]:
-        """Take up to `limit` rows in `states` that nobody holds a live lease on (and that
-        were last touched `older_than` seconds ago); several gateway instances can run
-        the settlement worker at once without working the same row."""
+                    older_than: float = 0, owner: str | None = None) -> list[PaymentRow]:
+        """Take up to `limit` rows in `states` whose lease is free or lapsed (and that were
+        last touched `older_than` seconds ago), soonest-expiring authorization first; they
+        are `owner`'s for `lease_seconds`. Several gateway instances can run the worker at
+        once without working the same row, and a dead instance's rows are taken over as
+        soon as its lease lapses."""
         now = self._clock.now()
         states = list(states)
+        free = or_(payments.c.lease_until.is_(None), payments.c.lease_until < now)
         async with self._engine.begin() as conn:
             ids = (await conn.execute(
                 select(payments.c.id).where(
                     payments.c.state.in_(states),
-                    payments.c.updated_at <= now - older_than,
-                    or_(payments.c.lease_until.is_(None), payments.c.lease_until < now))
-                .order_by(payments.c.updated_at).limit(limit))).scalars().all()
+                    payments.c.updated_at <= now - older_than, free)
+                .order_by(payments.c.valid_before.is_(None), payments.c.valid_before,
+                          payments.c.updated_at).limit(limit))).scalars().all()
             if not ids:
                 return []
             rows = (await conn.execute(
-                update(payments).where(
-                    payments.c.id.in_(ids),
-                    or_(payments.c.lease_until.is_(None), payments.c.lease_until < now))
-                .values(lease_until=now + lease_seconds).returning(*payments.c))).all()
-        return [PaymentRow.from_row(r) for r in rows]
+                update(payments).where(payments.c.id.in_(ids), free)
+                .values(lease_until=now + lease_seconds, lease_owner=owner)
+                .returning(*payments.c))).all()
+        out = [_full_row(r) for r in rows]
+        out.sort(key=lambda r: (r.valid_before is None, r.valid_before or 0))
+        return out
 
-    async def release(self, payment_id: str) -> None:
+    async def renew(self, payment_ids: Iterable[str], owner: str, lease_seconds: float) -> int:
+        """Extend `owner`'s leases on these rows (the heartbeat); returns how many it held."""
+        ids = list(payment_ids)
+        if not ids:
+            return 0
+        async with self._engine.begin() as conn:
+            res = await conn.execute(update(payments).where(
+                payments.c.id.in_(ids), payments.c.lease_owner == owner,
+                payments.c.state.in_(OPEN_STATES))
+                .values(lease_until=self._clock.now() + lease_seconds))
+        return res.rowcount
+
+    async def release(self, payment_id: str, retry_after: float | None = None) -> None:
+        """Free the row now, or for anyone `retry_after` seconds from now."""
+        until = None if retry_after is None else self._clock.now() + retry_after
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id)
-                               .values(lease_until=None))
+                               .values(lease_until=until, lease_owner=None))
 
     async def store_response(self, payment_id: str, status: int, headers: list[tuple[str, str]],
                              body: bytes, complete: bool) -> None:
@@ -288,3 +333,9 @@ class PaymentStore:
             rows = (await conn.execute(select(payments.c.state, func.count()).group_by(
                 payments.c.state))).all()
         return {state: n for state, n in rows}
+
+
+def _full_row(r: Any) -> PaymentRow:
+    """A PaymentRow with the settlement worker's columns too."""
+    return dataclasses.replace(PaymentRow.from_row(r), raw_tx=bytes.fromhex(r.raw_tx) if r.raw_tx else None,
+                               lease_owner=r.lease_owner, valid_before=r.valid_before)

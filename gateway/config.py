@@ -96,6 +96,9 @@ class ServerConfig(_Model):
     allow_private_targets: bool = False
     shutdown_grace_seconds: float = Field(30, ge=0)
     settlement_interval_seconds: float = Field(1.0, gt=0)
+    # How long a settlement worker holds a payment without renewing (heartbeat: a third of
+    # it); a crashed instance's payments are taken over once it lapses.
+    settlement_lease_seconds: float = Field(5.0, gt=0)
     session_api_per_minute: int = Field(30, ge=0)  # per client address; 0 = unlimited
 
     _url = field_validator("public_url")(lambda v: v if v is None else _check_http_url(v))
@@ -163,6 +166,8 @@ class EvmNetworkConfig(_Model):
     rpc_cache_seconds: float = Field(2.0, ge=0)
     receipt_timeout_seconds: float = Field(30, gt=0)
     deferred_exposure_limit: int = Field(0, ge=0)  # atomic units per payer; 0 = 10 x price
+    # maxTimeoutSeconds asked on deferred paygates: room to settle after a crash and retry
+    deferred_max_timeout_seconds: int = Field(300, ge=60)
 
     _urls = field_validator("rpc_url", "facilitator_url")(
         lambda v: v if v is None else _check_http_url(v))

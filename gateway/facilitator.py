@@ -190,7 +190,7 @@ async def settle(request: web.Request) -> web.Response:
                           code="settlement_unavailable")
     stored = {"payment": payload | {"x402Version": version}, "requirement": req.to_wire()}
 
-    async def noop(_tx: str) -> None:
+    async def noop(*_tx) -> None:
         return None
 
     try:

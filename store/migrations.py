@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import schema
@@ -61,12 +61,28 @@ def _shared_allowances(conn: Connection) -> None:
         conn.execute(insert(table), list(merged.values()))
 
 
+def _add_columns(table: str, *names: str) -> Callable[[Connection], None]:
+    """Add columns of the current metadata that an older database lacks (idempotent)."""
+    def run(conn: Connection) -> None:
+        have = {c["name"] for c in inspect(conn).get_columns(table)}
+        for name in names:
+            if name not in have:
+                column = schema.metadata.tables[table].c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+    return run
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
     Migration(3, "Hedera allowance sessions", _create(
         "session_nonces", "sessions", "session_charges", "session_pulls")),
     Migration(4, "one allowance per session owner", _shared_allowances),
+
+
+    Migration(6, "payments: persisted signed tx, lease owner, authorization expiry",
+              _add_columns("payments", "raw_tx", "lease_owner", "valid_before")),
 ]
 
 

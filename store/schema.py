@@ -65,6 +65,11 @@ payments = Table(
     Column("error", String(200), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Column("lease_until", Float, nullable=True),
+    # Settlement worker (migration 6): the signed transaction, written before it is sent;
+    # which instance holds the lease; the authorization's expiry, to settle in that order.
+    Column("raw_tx", Text, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("valid_before", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("paygate_id", "payment_identifier", name="uq_payments_identifier"),

@@ -3,15 +3,24 @@
 Flow and contracts:
 
 1. :meth:`Settler.submit` simulates ``transferWithAuthorization`` (``eth_estimateGas``), then
-   allocates a nonce, signs and broadcasts under one lock, and returns the transaction hash.
-   A simulated revert raises :class:`SettlementRejected` and nothing is sent. Store the hash
-   *before* waiting: it is all that is needed to resolve the outcome later, even after a restart.
+   allocates a nonce, signs, hands the signed bytes and hash to ``persist`` and only then
+   broadcasts, all under one lock; it returns the transaction hash. A simulated revert raises
+   :class:`SettlementRejected` and nothing is sent. Whatever crashes after ``persist``,
+   recovery re-sends those very bytes (same hash) or looks the hash up: it never builds a
+   competing transaction while the persisted one can still be mined.
 2. :meth:`Settler.wait_receipt` polls for the receipt for at most ``timeout`` seconds.
 3. :meth:`Settler.await_outcome` maps that to a :class:`SettleOutcome`: mined ok -> ``settled``,
    reverted -> ``failed`` with a reason, not mined in time -> ``unknown`` (never ``failed``:
    the transaction may still be mined).
-4. :meth:`Settler.reconcile` resolves an ``unknown`` from chain state alone: the receipt if
-   there is one, otherwise the token's ``authorizationState(from, nonce)``.
+4. :meth:`Settler.reconcile` resolves an ``unknown`` from chain state and the persisted
+   bytes: the receipt if there is one; else the pooled transaction (pending); else the
+   persisted bytes are sent again.
+
+A payment is ``settled`` only on a successful receipt of our transaction, or on an
+``AuthorizationUsed`` log whose transaction moved this authorization's value from the payer
+to its payee. ``authorizationState == true`` alone proves nothing: the payer may have
+cancelled the authorization (``cancelAuthorization``) or used its nonce for another transfer;
+both are ``failed`` with ``invalid_exact_evm_nonce_already_used``.
 
 The chain makes double settlement impossible (the token refuses a used nonce), so resubmitting
 an authorization is always safe for the payer; it may only cost the gateway a reverted tx's gas.
@@ -19,7 +28,11 @@ an authorization is always safe for the payer; it may only cost the gateway a re
 Nonces: one Settler per key per process. Its lock serialises nonce allocation and sending,
 which also avoids anvil's stuck-queue behaviour with concurrent sends from one key. The next
 nonce is cached and re-read from the chain (``pending``) whenever a send fails in a way that
-leaves it in doubt.
+leaves it in doubt. Several processes may share a key: their nonce conflicts are retried, and
+when retries run out the attempt is ``unknown`` (:class:`NonceConflict`), never ``failed``.
+Persisted bytes whose account nonce another transaction took can never be mined: only then,
+and only while the authorization is unused, does :meth:`reconcile` report the attempt dead
+(``failed`` with ``settlement_pending``) so that the caller builds, persists and sends a new one.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector
+from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, used_outcome
 from chains.payments import SettleOutcome
 
 __all__ = [
@@ -41,6 +55,8 @@ __all__ = [
     "SettleOutcome",
     "SettlementRejected",
     "SendUncertain",
+    "NonceConflict",
+    "Persist",
     "Settler",
     "encode_transfer_with_authorization",
     "split_signature",
@@ -50,6 +66,9 @@ __all__ = [
 TRANSFER_WITH_AUTHORIZATION = selector(
     "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
 )
+
+# Persist the signed transaction (hash, raw bytes) before it is broadcast.
+Persist = Callable[[str, bytes], Awaitable[None]]
 
 # Used when simulation is off; a transferWithAuthorization costs ~60-90k gas.
 DEFAULT_GAS_LIMIT = 150_000
@@ -128,6 +147,18 @@ class SendUncertain(RpcUnavailable):
         self.tx_hash = tx_hash
 
 
+class NonceConflict(Exception):
+    """Every send attempt hit a nonce conflict (another process sending from the same key).
+
+    Nothing is known to be pooled; ``tx_hash`` is the last signed (and persisted) attempt.
+    Retryable: the caller treats the settlement as ``unknown`` and reconciles it.
+    """
+
+    def __init__(self, tx_hash: str, message: str):
+        super().__init__(message)
+        self.tx_hash = tx_hash
+
+
 def split_signature(signature: bytes | str) -> tuple[int, bytes, bytes]:
     """65-byte ``r || s || v`` -> ``(v, r, s)``; v of 0/1 (some wallets) becomes 27/28.
 
@@ -183,7 +214,7 @@ class Settler:
         *,
         simulate: bool = True,
         gas_limit: int = DEFAULT_GAS_LIMIT,
-        send_attempts: int = 3,
+        send_attempts: int = 6,
     ):
         self.rpc = rpc
         self._account = Account.from_key(private_key)
@@ -197,13 +228,21 @@ class Settler:
     # ------------------------------------------------------------ submit
 
     async def submit(
-        self, token: str, auth: TransferAuthorization, signature: bytes | str, *, simulate: bool | None = None
+        self,
+        token: str,
+        auth: TransferAuthorization,
+        signature: bytes | str,
+        *,
+        simulate: bool | None = None,
+        persist: Persist | None = None,
     ) -> str:
         """Broadcast ``transferWithAuthorization`` and return the tx hash (0x-hex).
 
-        Raises SettlementRejected (simulated revert; nothing sent), RpcUnavailable (node down
-        before sending; nothing sent), SendUncertain (down while sending: keep its tx_hash) or
-        RpcError (the node refused the transaction, e.g. the settler has no gas money).
+        ``persist(tx_hash, raw)`` runs for every signed transaction before it is sent; if it
+        raises, nothing is sent. Raises SettlementRejected (simulated revert; nothing sent),
+        RpcUnavailable (node down before signing; nothing sent), SendUncertain (down while
+        sending: keep its tx_hash), NonceConflict (nonce races outlasted the retries:
+        retryable) or RpcError (the node refused the transaction, e.g. no gas money).
         """
         token = to_checksum_address(token)
         data = encode_transfer_with_authorization(auth, signature)
@@ -223,7 +262,7 @@ class Settler:
             "maxFeePerGas": fees.max_fee_per_gas,
             "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
         }
-        return await self._send(tx)
+        return await self._send(tx, persist)
 
     async def _simulate(self, token: str, data: bytes) -> int:
         try:
@@ -235,17 +274,22 @@ class Settler:
             raise SettlementRejected(reason_code(detail), detail) from exc
         return estimate + estimate // 4
 
-    async def _send(self, tx: dict) -> str:
+    async def _send(self, tx: dict, persist: Persist | None) -> str:
         async with self._lock:
             last_error: RpcError | None = None
+            tx_hash = ""
             for _ in range(self._send_attempts):
                 if self._next_nonce is None:
                     self._next_nonce = await self.rpc.get_transaction_count(self.address, "pending")
                 nonce = self._next_nonce
                 signed = self._account.sign_transaction({**tx, "nonce": nonce})
                 tx_hash = "0x" + bytes(signed.hash).hex()
+                raw = bytes(signed.raw_transaction)
+                if persist is not None:
+                    # Written before any node can see it: recovery re-sends these bytes.
+                    await persist(tx_hash, raw)
                 try:
-                    await self.rpc.send_raw_transaction(bytes(signed.raw_transaction))
+                    await self.rpc.send_raw_transaction(raw)
                 except RpcUnavailable as exc:
                     # The pool may or may not hold it: forget the cached nonce, hand out the hash.
                     self._next_nonce = None
@@ -257,20 +301,15 @@ class Settler:
                         return tx_hash
                     if _is_nonce_error(exc.message):
                         # Another process used the key, or the pool dropped something: resync.
+                        # The refused bytes can never be mined with this nonce taken; the next
+                        # attempt's bytes replace them in the store.
                         self._next_nonce = None
                         last_error = exc
                         continue
                     raise  # refused outright; the nonce was not consumed, the cache stays valid
                 self._next_nonce = nonce + 1
                 return tx_hash
-            assert last_error is not None
-            raise last_error
-
-    async def resync_nonce(self) -> int:
-        """Re-read the next nonce from the chain (pending) and return it."""
-        async with self._lock:
-            self._next_nonce = await self.rpc.get_transaction_count(self.address, "pending")
-            return self._next_nonce
+            raise NonceConflict(tx_hash, f"nonce conflicts on every attempt: {last_error}")
 
     # ------------------------------------------------------------ outcome
 
@@ -299,15 +338,21 @@ class Settler:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, max_interval)
 
-    async def await_outcome(self, tx_hash: str, timeout: float) -> SettleOutcome:
-        """Wait for ``tx_hash`` and classify it; ``unknown`` if it is not mined within ``timeout``."""
+    async def await_outcome(
+        self, tx_hash: str, timeout: float, token: str | None = None, auth: TransferAuthorization | None = None
+    ) -> SettleOutcome:
+        """Wait for ``tx_hash`` and classify it; ``unknown`` if it is not mined within ``timeout``.
+
+        With ``token`` and ``auth``, a revert because the authorization was already used is
+        resolved from the chain (used by another transaction for this payment: settled).
+        """
         receipt = await self.wait_receipt(tx_hash, timeout)
         if receipt is None:
-            return SettleOutcome("unknown", tx_hash, "settlement_pending", f"not mined within {timeout:g}s")
+            return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, f"not mined within {timeout:g}s")
         try:
-            return await self._classify(receipt)
-        except RpcUnavailable as exc:  # only the revert reason lookup can get here
-            return SettleOutcome("failed", tx_hash, "unexpected_settle_error", f"reverted; reason lookup failed: {exc}")
+            return await self._classify(receipt, token, auth)
+        except RpcUnavailable as exc:  # only the revert reason / log lookups can get here
+            return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, f"reverted; lookup failed: {exc}")
 
     async def settle(
         self,
@@ -317,65 +362,97 @@ class Settler:
         *,
         timeout: float = 30.0,
         on_submitted: Callable[[str], Awaitable[None]] | None = None,
+        persist: Persist | None = None,
         simulate: bool | None = None,
     ) -> SettleOutcome:
-        """submit + await_outcome in one call. ``on_submitted(tx_hash)`` runs before waiting.
+        """submit + await_outcome in one call.
 
-        Only RpcUnavailable before anything was sent escapes (nothing happened: map to 503).
+        ``persist(tx_hash, raw)`` runs before each broadcast (see :meth:`submit`);
+        ``on_submitted(tx_hash)`` after it, before waiting. Only RpcUnavailable before
+        anything was signed escapes (nothing happened: map to 503).
         """
         try:
-            tx_hash = await self.submit(token, auth, signature, simulate=simulate)
+            tx_hash = await self.submit(token, auth, signature, simulate=simulate, persist=persist)
         except SettlementRejected as exc:
+            if exc.reason == NONCE_ALREADY_USED:
+                # Used already: by an earlier attempt of ours, by someone else for this very
+                # payment (settled), or cancelled / spent on another transfer (failed).
+                try:
+                    return await self._used_outcome(token, auth, None)
+                except RpcUnavailable as down:
+                    return SettleOutcome("unknown", None, SETTLEMENT_PENDING, f"node unavailable: {down}")
             return SettleOutcome("failed", None, exc.reason, exc.detail)
-        except SendUncertain as exc:
+        except (SendUncertain, NonceConflict) as exc:
             if on_submitted is not None:
                 await on_submitted(exc.tx_hash)
-            return SettleOutcome("unknown", exc.tx_hash, "settlement_pending", str(exc))
+            return SettleOutcome("unknown", exc.tx_hash, SETTLEMENT_PENDING, str(exc))
         except RpcError as exc:
             return SettleOutcome("failed", None, "unexpected_settle_error", f"node refused the transaction: {exc}")
         if on_submitted is not None:
             await on_submitted(tx_hash)
-        return await self.await_outcome(tx_hash, timeout)
+        return await self.await_outcome(tx_hash, timeout, token, auth)
 
     async def reconcile(
-        self, token: str, authorizer: str, nonce: bytes, tx_hash: str | None = None
+        self, token: str, auth: TransferAuthorization, tx_hash: str | None = None, raw_tx: bytes | None = None
     ) -> SettleOutcome:
         """Resolve an ``unknown`` settlement from chain state; never raises for an outage.
 
-        With a receipt for ``tx_hash``: settled/failed as mined. Otherwise, if the token says
-        the authorization is used, it is ``settled`` (by this tx or anyone else's; the hash is
-        looked up from the AuthorizationUsed log when possible). If unused and ``tx_hash`` is
-        still pooled: ``unknown``. If unused and not pooled: ``failed`` -- this attempt is dead,
-        and resubmitting the same authorization is safe.
+        In order: a receipt for ``tx_hash`` decides (settled / failed as mined). An
+        authorization used on chain is ``settled`` only if an ``AuthorizationUsed`` log's
+        transaction moved this payment's value to its payee; cancelled or spent otherwise
+        it is ``failed``. ``tx_hash`` still pooled: ``unknown``. Otherwise the persisted
+        ``raw_tx`` is sent again (``unknown``: same hash, in flight again), unless its
+        account nonce was taken by another transaction: then it can never be mined and the
+        attempt is dead (``failed`` with ``settlement_pending``; resubmitting the
+        authorization is safe). Unused, nothing pooled and nothing persisted: ``failed``.
         """
         try:
             if tx_hash:
                 receipt = await self.rpc.get_transaction_receipt(tx_hash)
                 if receipt:
-                    return await self._classify(TxReceipt.from_rpc(tx_hash, receipt))
-            if await self.rpc.authorization_state(token, authorizer, nonce):
-                found = await self._settling_tx(token, authorizer, nonce)
-                return SettleOutcome("settled", found, detail="authorization is used on chain")
+                    return await self._classify(TxReceipt.from_rpc(tx_hash, receipt), token, auth)
+            if await self.rpc.authorization_state(token, auth.from_, auth.nonce):
+                return await self._used_outcome(token, auth, tx_hash)
             if tx_hash and await self.rpc.get_transaction_by_hash(tx_hash) is not None:
-                return SettleOutcome("unknown", tx_hash, "settlement_pending", "transaction is pending")
+                return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, "transaction is pending")
+            if raw_tx:
+                return await self._resend(tx_hash, raw_tx)
             return SettleOutcome(
                 "failed", tx_hash, "invalid_transaction_state", "not settled: no receipt and authorization unused"
             )
         except RpcUnavailable as exc:
-            return SettleOutcome("unknown", tx_hash, "settlement_pending", f"node unavailable: {exc}")
+            return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, f"node unavailable: {exc}")
 
-    async def _settling_tx(self, token: str, authorizer: str, nonce: bytes) -> str | None:
-        try:  # best effort: a node may refuse log queries
-            return await self.rpc.authorization_used_tx(token, authorizer, nonce)
-        except RpcError:
-            return None
+    async def _resend(self, tx_hash: str | None, raw_tx: bytes) -> SettleOutcome:
+        try:
+            await self.rpc.send_raw_transaction(raw_tx)
+        except RpcError as exc:
+            if _is_already_pooled(exc.message):
+                return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, "transaction is pending")
+            if _is_nonce_error(exc.message):
+                return SettleOutcome("failed", tx_hash, SETTLEMENT_PENDING,
+                                     "the persisted transaction's nonce was used by another transaction")
+            return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, f"re-sending refused: {exc}")
+        return SettleOutcome("unknown", tx_hash, SETTLEMENT_PENDING, "re-sent the persisted transaction")
 
-    async def _classify(self, receipt: TxReceipt) -> SettleOutcome:
+    async def _used_outcome(self, token: str, auth: TransferAuthorization, tx_hash: str | None) -> SettleOutcome:
+        return await used_outcome(self.rpc, token, auth, tx_hash)
+
+    async def _classify(
+        self, receipt: TxReceipt, token: str | None = None, auth: TransferAuthorization | None = None
+    ) -> SettleOutcome:
         if receipt.success:
             return SettleOutcome(
                 "settled", receipt.tx_hash, block_number=receipt.block_number, gas_used=receipt.gas_used
             )
         detail = await self._revert_detail(receipt) or "reverted on chain (reason unavailable)"
+        if reason_code(detail) == NONCE_ALREADY_USED and token is not None and auth is not None:
+            try:
+                used = await self._used_outcome(token, auth, receipt.tx_hash)
+            except RpcUnavailable:
+                used = None
+            if used is not None and used.state != "failed":
+                return used  # someone else's transaction settled this very payment
         return SettleOutcome(
             "failed",
             receipt.tx_hash,

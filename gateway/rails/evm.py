@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable
 from chains.evm.codec import parse_exact_evm_payload
 from chains.evm.rpc import RpcClient, RpcUnavailable
 from chains.evm.settle import Settler, TransferAuthorization
+from chains.evm.usage import used_outcome
 from chains.evm.verify import CachedChainReader, check_chain_state, verify_payment
 from chains.facilitator import FacilitatorClient, FacilitatorUnavailable
 from chains.payments import SettleOutcome
@@ -27,7 +28,6 @@ from gateway.rails.x402 import VerifiedPayment
 log = logging.getLogger("tollgate.evm")
 
 MAX_TIMEOUT_SECONDS = 60
-
 
 
 class EvmNetwork:
@@ -104,10 +104,14 @@ class EvmChains:
             if not isinstance(asset, Eip3009Asset):
                 continue
             amount = price_atomic(self.config, pg, asset_id) * priced.units
+            # Deferred payments settle later: ask for a validity that leaves room for a
+            # crash, a takeover and a retry before the authorization expires.
+            timeout = (self.network(asset.network).cfg.deferred_max_timeout_seconds
+                       if pg.settlement == "deferred" else MAX_TIMEOUT_SECONDS)
             out.append(PaymentRequirements.model_validate({
                 "scheme": "exact", "network": asset.network, "amount": str(amount),
                 "asset": asset.address, "payTo": pg.pay_to["evm"],
-                "maxTimeoutSeconds": MAX_TIMEOUT_SECONDS,
+                "maxTimeoutSeconds": timeout,
                 "extra": {"name": asset.eip712_name, "version": asset.eip712_version}}))
         return out
 
@@ -117,7 +121,7 @@ class EvmChains:
         return VerifiedPayment(
             payer=v.payer, pay_to=v.pay_to, asset=v.token, network=v.network, amount=v.value,
             claim_key=f"{v.network}|{v.token.lower()}|{v.payer.lower()}|0x{v.nonce.hex()}",
-            detail=v)
+            detail=v, valid_before=float(v.valid_before))
 
     async def check_chain(self, vp: VerifiedPayment) -> None:
         try:
@@ -126,9 +130,11 @@ class EvmChains:
             raise Unavailable(f"chain RPC for {vp.network} is unavailable",
                               code="chain_unavailable") from exc
 
-    async def settle(self, stored: dict[str, Any], on_submitted: Callable[[str], Awaitable[None]],
-                     ) -> SettleOutcome:
-        """Settle a stored payment (`{"payment": <payload dict>, "requirement": <req>}`)."""
+    async def settle(self, stored: dict[str, Any],
+                     on_submitted: Callable[..., Awaitable[None]]) -> SettleOutcome:
+        """Settle a stored payment (`{"payment": <payload dict>, "requirement": <req>}`).
+
+        `on_submitted(tx_hash, raw)` persists each signed transaction before it is sent."""
         net, req, token, auth, sig = self._from_stored(stored)
         if net.facilitator is not None:
             try:
@@ -144,20 +150,24 @@ class EvmChains:
                                  resp.error_reason or "unexpected_settle_error")
         assert net.settler is not None
         try:
-            outcome = await net.settler.settle(token, auth, sig, on_submitted=on_submitted,
+            outcome = await net.settler.settle(token, auth, sig, persist=on_submitted,
                                                timeout=net.cfg.receipt_timeout_seconds)
         except RpcUnavailable as exc:  # nothing was sent
             return SettleOutcome("unknown", None, "settlement_pending", str(exc))
         net.reader.forget_balance(token, auth.from_)
         return outcome
 
-    async def reconcile(self, stored: dict[str, Any], tx_hash: str | None) -> SettleOutcome:
+    async def reconcile(self, stored: dict[str, Any], tx_hash: str | None,
+                        raw_tx: bytes | None = None) -> SettleOutcome:
+        """Resolve a settlement from the chain; `raw_tx` (persisted signed bytes) is sent
+        again if it never reached the pool."""
         net, _req, token, auth, _sig = self._from_stored(stored)
         if net.settler is not None:
-            return await net.settler.reconcile(token, auth.from_, auth.nonce, tx_hash)
+            return await net.settler.reconcile(token, auth, tx_hash, raw_tx)
         try:
             if await net.rpc.authorization_state(token, auth.from_, auth.nonce):
-                return SettleOutcome("settled", tx_hash)
+                # Used: by the facilitator for this payment, or cancelled by the payer.
+                return await used_outcome(net.rpc, token, auth, tx_hash)
             # The facilitator's transaction, still pending (no receipt yet): wait for it
             # rather than have the authorization settled again.
             if tx_hash and await net.rpc.get_transaction_receipt(tx_hash) is None \

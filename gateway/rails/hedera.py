@@ -109,7 +109,7 @@ class HederaExact:
         return VerifiedPayment(
             payer=t.payer, pay_to=t.pay_to, asset=exact.HBAR_ASSET, network=self.network,
             amount=t.amount, claim_key=f"{self.network}|{exact.HBAR_ASSET}|{t.mirror_tx_id}",
-            detail=t)
+            detail=t, valid_before=float(t.valid_until))
 
     async def check_chain(self, vp: VerifiedPayment) -> None:
         """The payer's signature (key from the mirror), its balance, and that the

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
@@ -43,6 +44,9 @@ log = logging.getLogger("tollgate.x402")
 
 PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
 DUPLICATE_WAIT_SECONDS = 30.0
+LEASE_SECONDS = 5.0  # a worker's hold on a payment; renewed every third of it while working
+UNKNOWN_RECHECK_SECONDS = 2.0  # an unresolved settlement is asked about again after this
+WORKER_BATCH = 20  # payments one instance works on at once in the background
 
 
 @dataclass
@@ -56,6 +60,7 @@ class VerifiedPayment:
     amount: int  # atomic units
     claim_key: str  # unique per payment on its chain: the replay guard's key
     detail: Any  # the scheme's own verification result
+    valid_before: float | None = None  # the authorization expires then (unix s), if it says
 
 
 class Scheme(Protocol):
@@ -66,7 +71,9 @@ class Scheme(Protocol):
     def requirements(self, priced: Priced) -> list: ...
     def verify(self, payment, req, now: float): ...
     async def check_chain(self, verified) -> None: ...
+    # `on_submitted(tx_hash, raw=None)` persists the transaction before it is sent.
     async def settle(self, stored: dict[str, Any], on_submitted) -> SettleOutcome: ...
+    # Optional keyword `raw_tx`: the persisted signed bytes, passed when there are some.
     async def reconcile(self, stored: dict[str, Any], tx_hash: str | None) -> SettleOutcome: ...
     def still_valid(self, stored: dict[str, Any], now: float) -> bool: ...
     def exposure_limit(self, network: str) -> int | None: ...
@@ -97,8 +104,14 @@ def fingerprint(decoded: dict[str, Any]) -> str:
 
 class X402Rail:
     def __init__(self, scheme: Scheme, store: PaymentStore, clock: Clock,
-                 shutdown_grace: float = 30.0) -> None:
+                 shutdown_grace: float = 30.0, lease_seconds: float = LEASE_SECONDS) -> None:
         self.shutdown_grace = shutdown_grace
+        # Leases name this instance: a restarted process is a new owner, and takes over
+        # what its predecessor held as soon as those short leases lapse.
+        self.instance = secrets.token_hex(8)
+        self.lease_seconds = lease_seconds
+        self._working: set[str] = set()  # payments whose lease the heartbeat renews
+        self._worker_tasks: set[asyncio.Task] = set()
         self.name = scheme.rail_name
         self.scheme = scheme
         self.store = store
@@ -139,6 +152,7 @@ class X402Rail:
         deferred = pg.settlement == "deferred"
         limit = (self.scheme.exposure_limit(vp.network) or 10 * int(req.amount)) if deferred else None
         row_id = await self.store.claim(NewPayment(
+            valid_before=vp.valid_before,
             claim_key=vp.claim_key, payment_identifier=pid, fingerprint=fp, rail=self.name,
             paygate_id=pg.id, network=vp.network, asset=vp.asset, payer=vp.payer,
             pay_to=vp.pay_to, amount=vp.amount, settlement=pg.settlement, payload=stored), limit)
@@ -211,19 +225,27 @@ class X402Rail:
                                         response.body, response.complete)
 
     async def _settle(self, h: _Handle, from_states: tuple[str, ...]) -> SettleOutcome:
-        """Settle now, recording each step so a crash leaves a state the worker resolves."""
-        if not await self.store.transition(h.row_id, from_states, "settling"):
+        """Settle now, recording each step so a crash leaves a state the worker resolves.
+
+        The row is leased to this instance while it settles (renewed by the heartbeat), and
+        the signed transaction is persisted before it is sent."""
+        if not await self.store.transition(h.row_id, from_states, "settling",
+                                           lease=(self.instance, self.lease_seconds)):
             row = await self.store.get(h.row_id)
             raise Conflict(f"payment is already {row.state if row else 'gone'}",
                            code="payment_in_flight")
 
-        async def submitted(tx_hash: str) -> None:
-            await self.store.set_tx_hash(h.row_id, tx_hash)
+        async def persist(tx_hash: str, raw: bytes | None = None) -> None:
+            await self.store.set_tx_hash(h.row_id, tx_hash, raw)
 
         async def settle_and_record() -> SettleOutcome:
-            outcome = await self.scheme.settle(h.stored, submitted)
-            await self._record_outcome(h.row_id, "settling", outcome)
-            return outcome
+            self._working.add(h.row_id)
+            try:
+                outcome = await self.scheme.settle(h.stored, persist)
+                await self._record_outcome(h.row_id, "settling", outcome)
+                return outcome
+            finally:
+                self._working.discard(h.row_id)
 
         # The outcome is recorded inside the task: if the request is cancelled (client gone,
         # server shutting down), the task still records it and `aclose` waits for it.
@@ -243,70 +265,118 @@ class X402Rail:
             log.warning("settlement of %s is unknown (%s); the worker will reconcile it",
                         row_id, outcome.detail or outcome.reason)
         await self.store.transition(row_id, old, outcome.state, tx_hash=outcome.tx_hash,
-                                    error=outcome.reason if outcome.state != "settled" else None)
+                                    error=outcome.reason if outcome.state != "settled" else None,
+                                    retry_after=UNKNOWN_RECHECK_SECONDS
+                                    if outcome.state == "unknown" else None)
 
     # -- background settlement: deferred queue, unknown outcomes, crashed attempts --------
 
-    async def work_once(self, *, stale_after: float = 120.0, abandoned_after: float = 900.0) -> int:
-        """One pass of the settlement worker; returns how many payments it touched."""
-        touched = 0
-        # `verified` long after the request would have finished: the process died between
-        # serving and settling. Served (a response is stored) -> settle; else -> void.
-        for row in await self.store.lease(["verified"], lease_seconds=60, limit=20,
-                                          older_than=abandoned_after):
-            touched += 1
-            if await self.store.response(row.id) is not None:
-                await self._settle(_Handle(row.id, None, row.network, row.payer, row.payload),
-                                   ("verified",))
+    async def work_once(self, *, abandoned_after: float = 900.0) -> int:
+        """One pass of the settlement worker, waiting for what it started; returns how
+        many payments it touched."""
+        tasks = await self._dispatch(WORKER_BATCH, abandoned_after)
+        if tasks:
+            await asyncio.wait(tasks)
+        return len(tasks)
+
+    async def _dispatch(self, limit: int, abandoned_after: float = 900.0) -> list[asyncio.Task]:
+        """Lease up to `limit` payments that need work and start one task per payment.
+
+        Taken: `queued` (deferred), `unknown` due for a recheck and `settling` whose lease
+        lapsed (its instance died or stalled), soonest-expiring first; and `verified` long
+        after its request would have ended (the process died between serving and settling:
+        served -> settle, else void)."""
+        if limit <= 0:
+            return []
+        rows = await self.store.lease(["verified"], self.lease_seconds, limit,
+                                      older_than=abandoned_after, owner=self.instance)
+        rows += await self.store.lease(["queued", "unknown", "settling"], self.lease_seconds,
+                                       limit - len(rows), owner=self.instance)
+        tasks = []
+        for row in rows:
+            self._working.add(row.id)
+            task = asyncio.ensure_future(self._work(row))
+            for tracked in (self._inflight, self._worker_tasks):
+                tracked.add(task)
+                task.add_done_callback(tracked.discard)
+            tasks.append(task)
+        return tasks
+
+    async def _work(self, row: PaymentRow) -> None:
+        h = _Handle(row.id, None, row.network, row.payer, row.payload)
+        try:
+            if row.state == "verified":
+                if await self.store.response(row.id) is not None:
+                    await self._settle(h, ("verified",))
+                else:
+                    await self.store.transition(row.id, "verified", "void", error="abandoned")
+            elif row.state == "queued":
+                await self._settle(h, ("queued",))
             else:
-                await self.store.transition(row.id, "verified", "void", error="abandoned")
-        for row in await self.store.lease(["queued"], lease_seconds=60, limit=20):
-            await self._settle(_Handle(row.id, None, row.network, row.payer, row.payload),
-                               ("queued",))
-            touched += 1
-        unknown = await self.store.lease(["unknown"], lease_seconds=60, limit=20, older_than=5)
-        # A row still `settling` long after any receipt wait would have ended belongs to a
-        # process that died mid-settlement.
-        crashed = await self.store.lease(["settling"], lease_seconds=60, limit=20,
-                                         older_than=stale_after)
-        for row in unknown + crashed:
-            touched += 1
-            outcome = await self.scheme.reconcile(row.payload, row.tx_hash)
-            if outcome.state == "failed" and self.scheme.still_valid(row.payload, self.clock.now()):
-                # The attempt died (never mined, or a crash before sending) and the
-                # authorization is still unused and valid: settle it again. The token
-                # refuses a used nonce, so this can never pay twice.
-                if row.state == "settling":
-                    await self.store.transition(row.id, "settling", "unknown")
-                await self._settle(_Handle(row.id, None, row.network, row.payer, row.payload),
-                                   ("unknown",))
-            elif outcome.state != "unknown":
-                await self._record_outcome(row.id, row.state, outcome)
-            else:
-                await self.store.release(row.id)
-        return touched
+                await self._resolve(row, h)
+        except Exception:  # one bad payment must not stop the others; its lease lapses
+            log.exception("settlement worker failed on payment %s", row.id)
+        finally:
+            self._working.discard(row.id)
+
+    async def _resolve(self, row: PaymentRow, h: _Handle) -> None:
+        """An `unknown` settlement, or one whose instance died: ask the chain (which re-sends
+        persisted bytes that never got out) before anything new is sent."""
+        extra = {"raw_tx": row.raw_tx} if row.raw_tx else {}
+        outcome = await self.scheme.reconcile(row.payload, row.tx_hash, **extra)
+        if outcome.state == "failed" and self.scheme.still_valid(row.payload, self.clock.now()):
+            # The attempt is dead (never mined and never will be, or a crash before
+            # signing) and the authorization is still unused and valid: settle it again.
+            # The token refuses a used nonce, so this can never pay twice.
+            if row.state == "settling":
+                await self.store.transition(row.id, "settling", "unknown")
+            await self._settle(h, ("unknown",))
+        elif outcome.state != "unknown":
+            await self._record_outcome(row.id, row.state, outcome)
+        elif row.state == "settling":
+            await self._record_outcome(row.id, "settling", outcome)
+        else:
+            await self.store.release(row.id, retry_after=UNKNOWN_RECHECK_SECONDS)
 
     def start(self, interval: float = 1.0) -> None:
-        """Run the settlement worker in the background until `aclose`."""
+        """Run the settlement worker and the lease heartbeat in the background until
+        `aclose`. The worker keeps up to WORKER_BATCH payments in flight, never waiting for
+        one payment's receipt before taking the next."""
         async def loop() -> None:
             while True:
                 try:
-                    busy = await self.work_once()
+                    started = await self._dispatch(WORKER_BATCH - len(self._worker_tasks))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # a bad pass must not kill the worker; it retries
                     log.exception("settlement worker pass failed")
-                    busy = 0
-                if not busy:
+                    started = []
+                if not started:
                     await asyncio.sleep(interval)
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                try:
+                    await self.store.renew(list(self._working), self.instance, self.lease_seconds)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the next beat retries; a lapsed lease is only taken over
+                    log.exception("settlement lease heartbeat failed")
+
         self._worker = asyncio.create_task(loop(), name=f"{self.name}-settlement")
+        self._heartbeat = asyncio.create_task(heartbeat(), name=f"{self.name}-leases")
 
     async def aclose(self) -> None:
-        """Stop the worker, then let settlements already sent finish (graceful shutdown)."""
+        """Stop the worker, then let settlements already sent finish (graceful shutdown);
+        the heartbeat keeps their leases until then."""
         worker = getattr(self, "_worker", None)
         if worker is not None:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.shutdown_grace)
-
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)

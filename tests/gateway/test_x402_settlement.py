@@ -157,13 +157,13 @@ async def test_settling_without_tx_hash_is_settled_once_after_a_crash(gateway, o
     assert await store.transition(row.id, "queued", "settling")
     assert (await store.get(row.id)).tx_hash is None
 
-    assert await rail.work_once(stale_after=0) == 1
+    assert await rail.work_once() == 1
     done = await store.get(row.id)
     assert done.state == "settled" and done.tx_hash
     tx = evm_devnet.request("eth_getTransactionReceipt", [done.tx_hash])
     assert int(tx["status"], 16) == 1
     assert token_balance(evm_devnet, payer.address) == payer_before - PRICE
-    assert await rail.work_once(stale_after=0) == 0
+    assert await rail.work_once() == 0
     assert token_balance(evm_devnet, payer.address) == payer_before - PRICE
 
 

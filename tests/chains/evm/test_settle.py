@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
 import pytest
 
@@ -37,24 +38,28 @@ async def test_settle_moves_the_money(evm_devnet, evm_rpc, evm_settler, sign_aut
     assert await evm_rpc.authorization_state(token, payer.address, auth.nonce) is True
 
 
-async def test_same_authorization_twice_fails_with_reason(evm_devnet, evm_settler, sign_authorization):
-    token = evm_devnet.token_address
-    auth, sig = sign_authorization(evm_devnet.payers[0], 10)
-    assert (await evm_settler.settle(token, auth, sig, timeout=10)).state == "settled"
+async def test_same_authorization_twice_settles_once(evm_devnet, evm_rpc, evm_settler, sign_authorization):
+    """Settling an authorization that is already used for this very payment is not a second
+    payment and not a failure: it is the first settlement, found from its AuthorizationUsed log."""
+    token, payer = evm_devnet.token_address, evm_devnet.payers[0]
+    auth, sig = sign_authorization(payer, 10)
+    first = await evm_settler.settle(token, auth, sig, timeout=10)
+    assert first.state == "settled"
+    before = await evm_rpc.balance_of(token, payer.address)
 
-    # Simulated first (default): rejected before sending, no tx.
+    # Simulated first (default): rejected before sending, no tx; the log names the first.
     again = await evm_settler.settle(token, auth, sig, timeout=10)
-    assert again == SettleOutcome("failed", None, "invalid_exact_evm_nonce_already_used",
-                                  "FiatTokenV2: authorization is used or canceled")
+    assert (again.state, again.tx_hash) == ("settled", first.tx_hash)
 
-    # Sent anyway: the token itself reverts, and the reason is recovered from the chain.
+    # Sent anyway: the token itself reverts (reason recovered from the chain), and the
+    # payment is still the first transaction's.
     on_chain = await evm_settler.settle(token, auth, sig, timeout=10, simulate=False)
-    assert on_chain.state == "failed"
-    assert on_chain.tx_hash is not None and on_chain.block_number is not None
-    assert on_chain.reason == "invalid_exact_evm_nonce_already_used"
-    assert "used or canceled" in on_chain.detail
-    receipt = await evm_settler.wait_receipt(on_chain.tx_hash, timeout=5)
+    assert (on_chain.state, on_chain.tx_hash) == ("settled", first.tx_hash)
+    latest = int((await evm_rpc.get_block("latest"))["number"], 16)
+    reverted = await evm_rpc.call("eth_getBlockByNumber", [hex(latest), False])
+    receipt = await evm_settler.wait_receipt(reverted["transactions"][0], timeout=5)
     assert receipt.status == "reverted"
+    assert await evm_rpc.balance_of(token, payer.address) == before
 
 
 @pytest.mark.parametrize("simulate", [True, False])
@@ -152,10 +157,10 @@ async def test_receipt_timeout_is_unknown_then_reconcile_resolves_it(
         outcome = await evm_settler.await_outcome(tx_hash, timeout=0.2)
         assert outcome == SettleOutcome("unknown", tx_hash, "settlement_pending", "not mined within 0.2s")
 
-        pending = await evm_settler.reconcile(token, payer.address, auth.nonce, tx_hash)
+        pending = await evm_settler.reconcile(token, auth, tx_hash)
         assert (pending.state, pending.tx_hash) == ("unknown", tx_hash)
         # Without the hash, chain state alone says: not settled (yet).
-        assert (await evm_settler.reconcile(token, payer.address, auth.nonce)).state == "failed"
+        assert (await evm_settler.reconcile(token, auth)).state == "failed"
 
         await evm_rpc.call("evm_mine")
     finally:
@@ -163,18 +168,18 @@ async def test_receipt_timeout_is_unknown_then_reconcile_resolves_it(
 
     # A fresh Settler (as after a restart): the hash alone resolves the outcome.
     restarted = Settler(evm_rpc, evm_devnet.settler.private_key)
-    resolved = await restarted.reconcile(token, payer.address, auth.nonce, tx_hash)
+    resolved = await restarted.reconcile(token, auth, tx_hash)
     assert (resolved.state, resolved.tx_hash) == ("settled", tx_hash)
     assert resolved.block_number is not None
     # And without the hash, authorizationState says settled; the log gives the hash back.
-    by_state = await restarted.reconcile(token, payer.address, auth.nonce)
+    by_state = await restarted.reconcile(token, auth)
     assert (by_state.state, by_state.tx_hash) == ("settled", tx_hash)
 
 
-async def test_reconcile_of_a_dropped_transaction_is_failed(evm_devnet, evm_settler):
+async def test_reconcile_of_a_dropped_transaction_is_failed(evm_devnet, evm_settler, sign_authorization):
     unknown_hash = "0x" + os.urandom(32).hex()
-    outcome = await evm_settler.reconcile(evm_devnet.token_address, evm_devnet.payers[0].address,
-                                          os.urandom(32), unknown_hash)
+    auth, _sig = sign_authorization(evm_devnet.payers[0], 1)
+    outcome = await evm_settler.reconcile(evm_devnet.token_address, auth, unknown_hash)
     assert (outcome.state, outcome.tx_hash) == ("failed", unknown_hash)
 
 
@@ -192,6 +197,150 @@ async def test_node_down_raises_unavailable_and_reconcile_stays_unknown(evm_devn
         settler = Settler(rpc, evm_devnet.settler.private_key)
         with pytest.raises(RpcUnavailable):
             await settler.settle(evm_devnet.token_address, auth, sig, timeout=1)
-        outcome = await settler.reconcile(evm_devnet.token_address, auth.from_, auth.nonce, "0x" + "ab" * 32)
+        outcome = await settler.reconcile(evm_devnet.token_address, auth, "0x" + "ab" * 32)
         assert (outcome.state, outcome.tx_hash) == ("unknown", "0x" + "ab" * 32)
         assert await settler.wait_receipt("0x" + "ab" * 32, timeout=0.1) is None
+
+
+# -- issue 7: persist before broadcast, cancellations, nonce races ------------------------
+
+
+def _cancel_authorization(devnet, payer, nonce: bytes) -> str:
+    """The payer cancels its own authorization on chain (EIP-3009 cancelAuthorization)."""
+    from eth_abi import encode
+    from eth_account import Account
+
+    from chains.evm.rpc import selector
+    from tests.chains.evm.conftest import token_domain
+
+    types = {"CancelAuthorization": [{"name": "authorizer", "type": "address"},
+                                     {"name": "nonce", "type": "bytes32"}]}
+    signed = Account.sign_typed_data(payer.private_key, token_domain(devnet), types,
+                                     {"authorizer": payer.address, "nonce": nonce})
+    sig = bytes(signed.signature)
+    data = selector("cancelAuthorization(address,bytes32,uint8,bytes32,bytes32)") + encode(
+        ["address", "bytes32", "uint8", "bytes32", "bytes32"],
+        [payer.address, nonce, sig[64], sig[:32], sig[32:64]])
+    tx_hash = devnet.request("eth_sendTransaction", [{"from": payer.address, "to": devnet.token_address,
+                                                      "data": "0x" + data.hex()}])
+    for _ in range(500):  # mined at once with automine; bounded wait, not a criterion
+        receipt = devnet.request("eth_getTransactionReceipt", [tx_hash])
+        if receipt:
+            assert int(receipt["status"], 16) == 1, receipt
+            return tx_hash
+        time.sleep(0.01)
+    raise AssertionError(f"cancelAuthorization {tx_hash} was not mined")
+
+
+async def test_cancelled_authorization_is_failed_not_settled(evm_devnet, evm_rpc, evm_settler,
+                                                             sign_authorization):
+    token, payer = evm_devnet.token_address, evm_devnet.payers[3]
+    auth, sig = sign_authorization(payer, 5)
+    before = await evm_rpc.balance_of(token, payer.address)
+    _cancel_authorization(evm_devnet, payer, auth.nonce)
+    assert await evm_rpc.authorization_state(token, payer.address, auth.nonce) is True
+
+    # authorizationState alone would say "used": it is not a settlement.
+    outcome = await evm_settler.reconcile(token, auth)
+    assert (outcome.state, outcome.reason) == ("failed", "invalid_exact_evm_nonce_already_used")
+    assert "cancel" in outcome.detail
+    again = await evm_settler.settle(token, auth, sig, timeout=10)
+    assert (again.state, again.reason) == ("failed", "invalid_exact_evm_nonce_already_used")
+    assert await evm_rpc.balance_of(token, payer.address) == before
+
+
+async def test_nonce_used_by_another_transfer_of_the_payer_is_not_a_settlement(
+    evm_devnet, evm_rpc, evm_settler, sign_authorization
+):
+    """The payer signs a second transfer with the same nonce (to itself) and gets it mined:
+    the nonce is used and AuthorizationUsed was emitted, but not for the merchant's money."""
+    token, payer, merchant = evm_devnet.token_address, evm_devnet.payers[3], evm_devnet.merchant
+    auth, sig = sign_authorization(payer, 9)
+    own, own_sig = sign_authorization(payer, 9, to=payer.address, nonce=auth.nonce)
+    before = await evm_rpc.balance_of(token, merchant.address)
+    assert (await evm_settler.settle(token, own, own_sig, timeout=10)).state == "settled"
+
+    outcome = await evm_settler.reconcile(token, auth)
+    assert (outcome.state, outcome.reason) == ("failed", "invalid_exact_evm_nonce_already_used")
+    assert (await evm_settler.settle(token, auth, sig, timeout=10)).state == "failed"
+    assert await evm_rpc.balance_of(token, merchant.address) == before
+
+
+async def test_crash_after_persisting_resends_the_same_bytes(evm_devnet, evm_rpc, sign_authorization):
+    """The signed transaction is handed to `persist` before it is sent. A process that dies
+    right after persisting leaves bytes that recovery sends as they are: same hash."""
+    token, payer = evm_devnet.token_address, evm_devnet.payers[4]
+    auth, sig = sign_authorization(payer, 11)
+    persisted = {}
+
+    class Crash(Exception):
+        pass
+
+    async def persist_then_die(tx_hash: str, raw: bytes) -> None:
+        persisted.update(tx_hash=tx_hash, raw=raw)
+        raise Crash
+
+    dying = Settler(evm_rpc, evm_devnet.settler.private_key)
+    with pytest.raises(Crash):
+        await dying.submit(token, auth, sig, persist=persist_then_die)
+    assert await evm_rpc.get_transaction_by_hash(persisted["tx_hash"]) is None  # never sent
+
+    restarted = Settler(evm_rpc, evm_devnet.settler.private_key)
+    resent = await restarted.reconcile(token, auth, persisted["tx_hash"], persisted["raw"])
+    assert (resent.state, resent.tx_hash) == ("unknown", persisted["tx_hash"])
+    receipt = await restarted.wait_receipt(persisted["tx_hash"], timeout=10)
+    assert receipt is not None and receipt.success
+    done = await restarted.reconcile(token, auth, persisted["tx_hash"], persisted["raw"])
+    assert (done.state, done.tx_hash) == ("settled", persisted["tx_hash"])
+
+
+async def test_persisted_tx_whose_account_nonce_was_taken_is_dead(evm_devnet, evm_rpc, sign_authorization):
+    """Persisted bytes carry a fixed account nonce; once another transaction used it they
+    can never be mined: recovery says `failed` (a dead attempt, the authorization unused),
+    so the caller builds, persists and sends a new one while it is still valid."""
+    token, payer, settler = evm_devnet.token_address, evm_devnet.payers[4], evm_devnet.settler
+    auth, sig = sign_authorization(payer, 12)
+    persisted = {}
+
+    async def persist_then_die(tx_hash: str, raw: bytes) -> None:
+        persisted.update(tx_hash=tx_hash, raw=raw)
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await Settler(evm_rpc, settler.private_key).submit(token, auth, sig, persist=persist_then_die)
+    other = await evm_rpc.call("eth_sendTransaction", [{"from": settler.address, "to": settler.address,
+                                                        "value": "0x1"}])
+    fresh = Settler(evm_rpc, settler.private_key)
+    assert await fresh.wait_receipt(other, timeout=10) is not None
+
+    dead = await fresh.reconcile(token, auth, persisted["tx_hash"], persisted["raw"])
+    assert dead.state == "failed" and dead.reason == "settlement_pending"
+    assert await evm_rpc.authorization_state(token, payer.address, auth.nonce) is False
+    assert (await fresh.settle(token, auth, sig, timeout=10)).state == "settled"
+
+
+async def test_two_settlers_on_one_key_settle_concurrently_none_failed(
+    evm_devnet, evm_rpc, sign_authorization
+):
+    """Two gateway instances share one settler key: their nonce conflicts are retried,
+    never reported as failed settlements."""
+    token, merchant = evm_devnet.token_address, evm_devnet.merchant.address
+    a = Settler(evm_rpc, evm_devnet.settler.private_key)
+    b = Settler(evm_rpc, evm_devnet.settler.private_key)
+    signed = [sign_authorization(evm_devnet.payers[i % 3], 200 + i) for i in range(24)]
+    before = await evm_rpc.balance_of(token, merchant)
+
+    outcomes = await asyncio.gather(*((a if i % 2 else b).settle(token, auth, sig, timeout=20)
+                                      for i, (auth, sig) in enumerate(signed)))
+
+    assert not [o for o in outcomes if o.state == "failed"], outcomes
+    # What was not settled in the first go is only in doubt; reconciling finishes it.
+    final = []
+    for (auth, sig), o in zip(signed, outcomes):
+        while o.state == "unknown":
+            o = await a.reconcile(token, auth, o.tx_hash)
+            if o.state == "failed":  # a dead attempt: settle again, as the worker does
+                o = await a.settle(token, auth, sig, timeout=20)
+        final.append(o.state)
+    assert final == ["settled"] * 24
+    assert await evm_rpc.balance_of(token, merchant) == before + sum(200 + i for i in range(24))
