@@ -14,7 +14,11 @@ never answered with a fresh 402 and never settled a second time; the settlement 
 resolves it from the chain.
 
 The claim is one statement: `INSERT ... ON CONFLICT DO NOTHING RETURNING id`. Whoever
-inserts the row owns the payment; anyone else presenting it gets the stored response.
+inserts the row owns the payment. Anyone else presenting it is a replay: the rail decides
+(gateway.rails.x402) whether that replay may have the stored response, which this store
+keeps with the request it answered, its time and whether its body was kept.
+
+Amounts are uint256 (store.schema.Uint256) and are summed here in Python, exactly.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class NewPayment:
     amount: int
     settlement: str
     payload: dict[str, Any]
+    request_digest: str | None = None  # the request this payment pays for (see schema)
+    forward_until: float | None = None  # `before`: the first origin call's forward lease
 
 
 @dataclass(frozen=True)
@@ -113,12 +119,16 @@ class PaymentRow:
     tx_hash: str | None
     error: str | None
     attempts: int
+    request_digest: str | None = None
+    forward_until: float | None = None
+    created_at: float = 0.0
 
     @classmethod
     def from_row(cls, r: Any) -> "PaymentRow":
         return cls(r.id, r.claim_key, r.payment_identifier, r.request_fingerprint, r.rail,
                    r.paygate_id, r.network, r.asset, r.payer, r.pay_to, int(r.amount), r.state,
-                   r.settlement, json.loads(r.payload), r.tx_hash, r.error, r.attempts)
+                   r.settlement, json.loads(r.payload), r.tx_hash, r.error, r.attempts,
+                   r.request_digest, r.forward_until, r.created_at)
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,9 @@ class Stored:
     headers: list[tuple[str, str]]
     body: bytes
     complete: bool
+    created_at: float = 0.0
+    body_kept: bool = True  # False: the body was over the size limit and is not stored
+    body_size: int | None = None  # bytes served, when known
 
 
 class _OverExposed(Exception):
@@ -159,7 +172,8 @@ class PaymentStore:
             request_fingerprint=p.fingerprint, rail=p.rail, paygate_id=p.paygate_id,
             network=p.network, asset=p.asset, payer=p.payer, pay_to=p.pay_to, amount=p.amount,
             state="verified", settlement=p.settlement, payload=json.dumps(p.payload),
-            tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now)
+            tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now,
+            request_digest=p.request_digest, forward_until=p.forward_until)
         try:
             async with self._engine.begin() as conn:
                 # The insert comes first: a payment seen before conflicts here at once, and
@@ -172,12 +186,13 @@ class PaymentStore:
                     # theirs (read committed) and this transaction's own.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                                        {"k": f"{p.network}|{p.asset}|{p.payer}"})
-                open_sum = (await conn.execute(
-                    select(func.coalesce(func.sum(payments.c.amount), 0)).where(
+                # Summed here, exactly: SQLite would add uint256 text as floats.
+                open_sum = sum((await conn.execute(
+                    select(payments.c.amount).where(
                         payments.c.network == p.network, payments.c.asset == p.asset,
                         payments.c.payer == p.payer, payments.c.state.in_(OPEN_STATES)))
-                ).scalar_one()
-                if int(open_sum) > exposure_limit:
+                ).scalars())
+                if open_sum > exposure_limit:
                     raise _OverExposed  # rolls the insert back
                 return row.id
         except _OverExposed:
@@ -254,13 +269,18 @@ class PaymentStore:
                                .values(lease_until=None))
 
     async def store_response(self, payment_id: str, status: int, headers: list[tuple[str, str]],
-                             body: bytes, complete: bool) -> None:
-        """Remember what was served for this payment (first writer wins)."""
+                             body: bytes, complete: bool, *, body_kept: bool = True,
+                             body_size: int | None = None) -> None:
+        """Remember what was served for this payment (first writer wins). With
+        `body_kept=False` only the fact is kept: `body` is dropped (it was too large)."""
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         async with self._engine.begin() as conn:
             await conn.execute(dialect.insert(payment_responses).values(
-                payment_id=payment_id, status=status, headers=json.dumps(headers), body=body,
-                complete=int(complete), created_at=self._clock.now()).on_conflict_do_nothing())
+                payment_id=payment_id, status=status, headers=json.dumps(headers),
+                body=body if body_kept else b"", complete=int(complete),
+                created_at=self._clock.now(), body_kept=int(body_kept),
+                body_size=len(body) if body_size is None else body_size,
+            ).on_conflict_do_nothing())
 
     async def response(self, payment_id: str) -> Stored | None:
         async with self._engine.connect() as conn:
@@ -269,7 +289,30 @@ class PaymentStore:
         if row is None:
             return None
         return Stored(row.status, [tuple(h) for h in json.loads(row.headers)], bytes(row.body),
-                      bool(row.complete))
+                      bool(row.complete), row.created_at, bool(row.body_kept), row.body_size)
+
+    async def purge_responses(self, created_before: float) -> int:
+        """Delete stored responses older than the retention limit; how many went."""
+        async with self._engine.begin() as conn:
+            res = await conn.execute(payment_responses.delete().where(
+                payment_responses.c.created_at < created_before))
+        return res.rowcount
+
+    async def take_forward(self, payment_id: str, until: float) -> bool:
+        """Own the next origin call of a `before` payment whose last one failed (its
+        `forward_until` is due): True for exactly one caller, who holds it until `until`
+        (a crash then frees it again)."""
+        async with self._engine.begin() as conn:
+            res = await conn.execute(update(payments).where(
+                payments.c.id == payment_id, payments.c.forward_until.is_not(None),
+                payments.c.forward_until <= self._clock.now()).values(forward_until=until))
+        return res.rowcount == 1
+
+    async def set_forward(self, payment_id: str, until: float | None) -> None:
+        """`now`: the origin call failed, a retry may forward; None: served, no more."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(payments).where(payments.c.id == payment_id)
+                               .values(forward_until=until))
 
     async def wait_response(self, payment_id: str, timeout: float,
                             interval: float = 0.05) -> Stored | None:
