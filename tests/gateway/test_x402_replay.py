@@ -382,6 +382,35 @@ async def test_before_with_a_failing_origin_forwards_a_retry_of_the_same_payment
     assert await store_of(g).counts() == {"settled": 1}
 
 
+async def test_before_concurrent_retries_after_an_origin_failure_forward_once(
+        gateway, origin, http, evm_devnet):
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def flaky(request: web.Request) -> web.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return web.json_response({"origin": "down"}, status=503)
+        await release.wait()
+        return web.json_response({"served": len(calls)})
+
+    o = await origin(flaky)
+    g = await gateway(x402_config(evm_devnet, o.url, settlement="before"))
+    req = await challenge_req(http, g.url + "/sky/v1/flights")
+    header = sign_payment(evm_devnet, evm_devnet.payers[3], req, extensions=pid_ext())
+    status, _, headers = await send(http, g, "/sky/v1/flights", header)
+    assert status == 503 and "X-Tollgate-Payment-Retry" in headers
+    retries = [asyncio.create_task(send(http, g, "/sky/v1/flights", header)) for _ in range(4)]
+    async with asyncio.timeout(NET_WAIT):
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+        release.set()
+        results = await asyncio.gather(*retries)
+    assert {(status, body) for status, body, _ in results} == {(200, b'{"served": 2}')}
+    assert len(calls) == 2
+    assert await store_of(g).counts() == {"settled": 1}
+
+
 async def test_before_with_an_unreachable_origin_a_retry_is_answered_at_once(
         gateway, http, evm_devnet):
     from tests.gateway.test_proxy import closed_port
