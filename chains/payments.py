@@ -23,7 +23,6 @@ Amounts are uint256 (store.schema.Uint256) and are summed here in Python, exactl
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import secrets
@@ -313,18 +312,6 @@ class PaymentStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id)
                                .values(forward_until=until))
-
-    async def wait_response(self, payment_id: str, timeout: float,
-                            interval: float = 0.05) -> Stored | None:
-        """Poll for the stored response of a payment another request is serving."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            stored = await self.response(payment_id)
-            if stored is not None or loop.time() >= deadline:
-                return stored
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 0.5)
 
     async def counts(self) -> dict[str, int]:
         async with self._engine.connect() as conn:

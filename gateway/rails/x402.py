@@ -38,8 +38,6 @@ from chains.x402 import (
     select_requirement,
 )
 from gateway.errors import Conflict
-from gateway.rails.x402_replay import RETRY_NOTE, Replays, request_digest
-from gateway.rails.x402_replay import receipt_headers as _receipt_headers
 from gateway.rails.base import (
     RETRY_HEADER,
     Charge,
@@ -49,6 +47,8 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
+from gateway.rails.x402_replay import RETRY_NOTE, Replays, request_digest
+from gateway.rails.x402_replay import receipt_headers as _receipt_headers
 from store.clock import Clock
 
 log = logging.getLogger("tollgate.x402")
