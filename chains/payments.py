@@ -97,6 +97,7 @@ class NewPayment:
     payload: dict[str, Any]
     request_digest: str | None = None  # the request this payment pays for (see schema)
     forward_until: float | None = None  # `before`: the first origin call's forward lease
+    client_digest: str | None = None  # who first presented it (see schema)
 
 
 @dataclass(frozen=True)
@@ -121,13 +122,14 @@ class PaymentRow:
     request_digest: str | None = None
     forward_until: float | None = None
     created_at: float = 0.0
+    client_digest: str | None = None
 
     @classmethod
     def from_row(cls, r: Any) -> "PaymentRow":
         return cls(r.id, r.claim_key, r.payment_identifier, r.request_fingerprint, r.rail,
                    r.paygate_id, r.network, r.asset, r.payer, r.pay_to, int(r.amount), r.state,
                    r.settlement, json.loads(r.payload), r.tx_hash, r.error, r.attempts,
-                   r.request_digest, r.forward_until, r.created_at)
+                   r.request_digest, r.forward_until, r.created_at, r.client_digest)
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ class PaymentStore:
             network=p.network, asset=p.asset, payer=p.payer, pay_to=p.pay_to, amount=p.amount,
             state="verified", settlement=p.settlement, payload=json.dumps(p.payload),
             tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now,
-            request_digest=p.request_digest, forward_until=p.forward_until)
+            request_digest=p.request_digest, forward_until=p.forward_until,
+            client_digest=p.client_digest)
         try:
             async with self._engine.begin() as conn:
                 # The insert comes first: a payment seen before conflicts here at once, and

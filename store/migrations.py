@@ -79,7 +79,7 @@ def _payments_v5(conn: Connection) -> None:
     elif not isinstance(amount["type"], schema.NUMERIC):
         conn.execute(text(f"ALTER TABLE payments ALTER COLUMN amount TYPE "
                           f"NUMERIC({schema.UINT256_DIGITS}, 0) USING amount::numeric"))
-    _add_missing_columns(conn, "payments", ("request_digest", "forward_until"))
+    _add_missing_columns(conn, "payments", ("request_digest", "forward_until", "client_digest"))
     _add_missing_columns(conn, "payment_responses", ("body_kept", "body_size"))
 
 

@@ -110,6 +110,9 @@ payments = Table(
     # no (further) forward is due. An origin that failed sets it to "now": a retry with
     # the same payment may forward again.
     Column("forward_until", Float, nullable=True),
+    # sha256 of the client address that first presented the payment: without a
+    # payment-identifier, only that address gets a `before` retry forwarded.
+    Column("client_digest", String(64), nullable=True),
     UniqueConstraint("paygate_id", "payment_identifier", name="uq_payments_identifier"),
 )
 

@@ -47,7 +47,7 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
-from gateway.rails.x402_replay import RETRY_NOTE, Replays, request_digest
+from gateway.rails.x402_replay import RETRY_NOTE, Replays, client_digest, request_digest
 from gateway.rails.x402_replay import receipt_headers as _receipt_headers
 from store.clock import Clock
 
@@ -139,6 +139,7 @@ class X402Rail:
         fp = fingerprint({k: v for k, v in decoded.items() if k != "resource"})
         pg = priced.paygate
         digest = await request_digest(request)
+        client = client_digest(request)
         try:
             await self.scheme.check_chain(vp)
         except X402Error as exc:
@@ -147,7 +148,7 @@ class X402Rail:
             existing = await self.store.find(vp.claim_key, pg.id, pid)
             if existing is not None:
                 return await self._duplicate(existing, decoded, fp, pid, digest, priced,
-                                             raw, public=True)
+                                             raw, client, public=True)
             raise PaymentRejected(exc.reason, exc.message) from None
         stored = {"payment": decoded, "requirement": req.to_wire()}
         deferred = pg.settlement == "deferred"
@@ -156,14 +157,14 @@ class X402Rail:
             claim_key=vp.claim_key, payment_identifier=pid, fingerprint=fp, rail=self.name,
             paygate_id=pg.id, network=vp.network, asset=vp.asset, payer=vp.payer,
             pay_to=vp.pay_to, amount=vp.amount, settlement=pg.settlement, payload=stored,
-            request_digest=digest,
+            request_digest=digest, client_digest=client,
             forward_until=self.replays.forward_lease(priced) if pg.settlement == "before" else None),
             limit)
         if row_id is None:
             existing = await self.store.find(vp.claim_key, pg.id, pid)
             if existing is not None:
                 return await self._duplicate(existing, decoded, fp, pid, digest, priced, raw,
-                                             public=False)
+                                             client, public=False)
             raise PaymentRejected("deferred_exposure_exceeded",
                                   "this payer has too much unsettled value; retry once it settles")
         handle = _Handle(row_id, priced, vp.network, vp.payer, stored)
@@ -181,18 +182,23 @@ class X402Rail:
         return charge
 
     async def _duplicate(self, row: PaymentRow, decoded: dict[str, Any], fp: str,
-                         pid: str | None, digest: str, priced: Priced, raw: str, *,
-                         public: bool) -> Charge | StoredResponse:
+                         pid: str | None, digest: str, priced: Priced, raw: str,
+                         client: str, *, public: bool) -> Charge | StoredResponse:
         async def reforward(current: PaymentRow) -> Charge | None:
-            return await self._reforward(current, priced, raw)
+            return await self._reforward(current, priced, raw, client)
 
         return await self.replays.duplicate(row, decoded, fp, pid, digest, priced,
                                             public=public, reforward=reforward)
 
-    async def _reforward(self, row: PaymentRow, priced: Priced, raw: str) -> Charge | None:
+    async def _reforward(self, row: PaymentRow, priced: Priced, raw: str,
+                         client: str) -> Charge | None:
         """`before`: the payment settled and its last origin call failed; this retry (of
-        the same request) owns the next call if nobody else took it."""
+        the same request) owns the next call if nobody else took it. Without an
+        identifier (the header is public once settled), only from the first client's
+        address: an observer elsewhere who rebuilt the header gets no forward."""
         if row.forward_until is None or row.state not in ("settling", "settled", "unknown"):
+            return None
+        if row.payment_identifier is None and row.client_digest != client:
             return None
         if not await self.store.take_forward(row.id, self.replays.forward_lease(priced)):
             return None

@@ -18,7 +18,9 @@ It gets the stored response of the first call only if all of these hold; otherwi
 
 A stored response that the origin broke off is not replayed as a success (the proxy
 answers 502). A `before` payment that settled while its origin call failed is forwarded
-again to a retry of the same request (one call at a time, until one is served).
+again to a retry of the same request (one call at a time, until one is served): with its
+`payment-identifier` when it carried one, else only from the client address that first
+presented it (the best that is left when the payer sent no secret).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ async def request_digest(request: PaidRequest) -> str:
     """What a payment is bound to: method, path with query (as sent), body digest."""
     body = hashlib.sha256(await request.body()).hexdigest()
     return hashlib.sha256(f"{request.method}\n{request.path_qs}\n{body}".encode()).hexdigest()
+
+
+def client_digest(request: PaidRequest) -> str:
+    return hashlib.sha256(request.client.encode()).hexdigest()
 
 
 class Replays:

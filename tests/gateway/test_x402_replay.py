@@ -382,6 +382,37 @@ async def test_before_with_a_failing_origin_forwards_a_retry_of_the_same_payment
     assert await store_of(g).counts() == {"settled": 1}
 
 
+async def test_before_an_observer_cannot_take_the_retry_of_a_failed_origin_call(
+        gateway, origin, http, evm_devnet):
+    calls: list[str] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        calls.append(request.remote)
+        if len(calls) == 1:
+            return web.json_response({"origin": "down"}, status=502)
+        return web.json_response({"served": len(calls)})
+
+    o = await origin(flaky)
+    g = await gateway(x402_config(evm_devnet, o.url, settlement="before"))
+    req = await challenge_req(http, g.url + "/sky/v1/flights")
+    header = sign_payment(evm_devnet, evm_devnet.payers[2], req)  # no identifier
+    status, _, headers = await send(http, g, "/sky/v1/flights", header)
+    assert status == 502 and "X-Tollgate-Payment-Retry" in headers
+    tx_hash = decode_header(headers["PAYMENT-RESPONSE"])["transaction"]
+    # The observer, on another host, rebuilds the header from the settlement transaction
+    # and sends the very same request first.
+    rebuilt = rebuild_from_chain(evm_devnet, tx_hash, req)
+    elsewhere = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=elsewhere) as observer:
+        status, body, _ = await send(observer, g, "/sky/v1/flights", rebuilt)
+    assert status == 409 and error_of(body) == "payment_already_used"
+    assert b"\"served\"" not in body and len(calls) == 1
+    # The payer's own retry is forwarded.
+    status, body, _ = await send(http, g, "/sky/v1/flights", header)
+    assert (status, json.loads(body)) == (200, {"served": 2})
+    assert len(calls) == 2
+
+
 async def test_before_concurrent_retries_after_an_origin_failure_forward_once(
         gateway, origin, http, evm_devnet):
     calls: list[int] = []

@@ -153,7 +153,7 @@ async def test_version_5_upgrades_an_old_database(engine):
             kinds = (await conn.execute(text("SELECT DISTINCT typeof(amount) FROM payments"))
                      ).scalars().all()
             assert kinds == ["text"]
-    assert {"request_digest", "forward_until"} <= set(cols)
+    assert {"request_digest", "forward_until", "client_digest"} <= set(cols)
     # and running it again does nothing
     assert await migrations.migrate(engine) == []
 
