@@ -1,4 +1,5 @@
-"""Replays of x402 payments through a running gateway, against real anvil and real stores:
+"""Replays of x402 payments through a running gateway, against real anvil, on SQLite and on
+PostgreSQL:
 a stored response goes only to the same request, only while the authorization is valid and
 the response retained, and never to someone who rebuilt the payment from public chain data;
 a truncated or unkept response is not replayed as a success; a `before` payment whose origin
@@ -36,6 +37,14 @@ from tests.support.postgres import start_postgres
 NET_WAIT = 15.0  # bound on any wait; never a pass criterion
 
 pytestmark = pytest.mark.usefixtures("settler_key")
+
+
+@pytest.fixture
+def gateway(gateway, db_config):
+    """Every gateway of this module on the parametrized store (SQLite, PostgreSQL)."""
+    async def make(config: dict, **kw):
+        return await gateway(config | db_config, **kw)
+    return make
 
 
 def pid_ext(tag: str = "") -> dict:
@@ -517,7 +526,7 @@ async def test_twenty_tokens_of_an_18_decimal_token_settle_and_serve(
     cfg["assets"] = {"wei": {"type": "eip3009", "network": evm_devnet.network,
                              "address": wei_token, "decimals": 18, "eip712_name": "Wei Token",
                              "eip712_version": "1"}}
-    g = await gateway(cfg | db_config)
+    g = await gateway(cfg)
     req = await challenge_req(http, g.url + "/sky/v1/flights")
     assert int(req["amount"]) == twenty
     payer = evm_devnet.payers[0 if settlement == "after" else 1]
@@ -550,7 +559,7 @@ async def test_deferred_exposure_sums_big_amounts_exactly(db_config, wei_token, 
         cfg["assets"] = {"wei": {"type": "eip3009", "network": evm_devnet.network,
                                  "address": wei_token, "decimals": 18,
                                  "eip712_name": "Wei Token", "eip712_version": "1"}}
-        g = await gateway(cfg | db_config)
+        g = await gateway(cfg)
         rail = g.gw.rails["x402-evm"]
         rail._worker.cancel()
         await asyncio.gather(rail._worker, return_exceptions=True)
