@@ -116,8 +116,8 @@ def _challenge_response(request: web.Request, priced: Priced, rails, rej: Paymen
 def _replay(stored: StoredResponse) -> web.Response:
     if not stored.complete:
         # Half a body is not the paid answer: say what happened rather than serve it as 200.
-        raise UpstreamError("the origin broke off its response to this payment (the caller "
-                            "got a truncated body); it is not replayed")
+        raise UpstreamError("the response to this payment broke off before its end (the "
+                            "origin or the connection failed); a truncated body is not replayed")
     resp = web.Response(status=stored.status, body=stored.body)
     for name, value in stored.headers:
         if name.lower() not in ("content-length", "transfer-encoding"):
