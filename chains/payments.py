@@ -19,13 +19,15 @@ lapsed belongs to a dead or stalled instance and any instance takes it over at o
 worker takes rows in order of their authorization's expiry (`valid_before`).
 
 The claim is one statement: `INSERT ... ON CONFLICT DO NOTHING RETURNING id`. Whoever
-inserts the row owns the payment; anyone else presenting it gets the stored response.
+inserts the row owns the payment. Anyone else presenting it is a replay: the rail decides
+(gateway.rails.x402) whether that replay may have the stored response, which this store
+keeps with the request it answered, its time and whether its body was kept.
+
+Amounts are uint256 (store.schema.Uint256) and are summed here in Python, exactly.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import json
 import secrets
@@ -99,6 +101,9 @@ class NewPayment:
     settlement: str
     payload: dict[str, Any]
     valid_before: float | None = None  # the authorization's expiry (unix s); settle order
+    request_digest: str | None = None  # the request this payment pays for (see schema)
+    forward_until: float | None = None  # `before`: the first origin call's forward lease
+    client_digest: str | None = None  # who first presented it (see schema)
 
 
 @dataclass(frozen=True)
@@ -123,12 +128,19 @@ class PaymentRow:
     raw_tx: bytes | None = None  # the signed settlement transaction, persisted before sending
     lease_owner: str | None = None
     valid_before: float | None = None
+    request_digest: str | None = None
+    forward_until: float | None = None
+    created_at: float = 0.0
+    client_digest: str | None = None
 
     @classmethod
     def from_row(cls, r: Any) -> "PaymentRow":
         return cls(r.id, r.claim_key, r.payment_identifier, r.request_fingerprint, r.rail,
                    r.paygate_id, r.network, r.asset, r.payer, r.pay_to, int(r.amount), r.state,
-                   r.settlement, json.loads(r.payload), r.tx_hash, r.error, r.attempts)
+                   r.settlement, json.loads(r.payload), r.tx_hash, r.error, r.attempts,
+                   bytes.fromhex(r.raw_tx) if r.raw_tx else None, r.lease_owner,
+                   r.valid_before, r.request_digest, r.forward_until, r.created_at,
+                   r.client_digest)
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,9 @@ class Stored:
     headers: list[tuple[str, str]]
     body: bytes
     complete: bool
+    created_at: float = 0.0
+    body_kept: bool = True  # False: the body was over the size limit and is not stored
+    body_size: int | None = None  # bytes served, when known
 
 
 class _OverExposed(Exception):
@@ -169,8 +184,9 @@ class PaymentStore:
             request_fingerprint=p.fingerprint, rail=p.rail, paygate_id=p.paygate_id,
             network=p.network, asset=p.asset, payer=p.payer, pay_to=p.pay_to, amount=p.amount,
             state="verified", settlement=p.settlement, payload=json.dumps(p.payload),
-            tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now)
-        values["valid_before"] = p.valid_before
+            tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now,
+            request_digest=p.request_digest, forward_until=p.forward_until,
+            client_digest=p.client_digest, valid_before=p.valid_before)
         try:
             async with self._engine.begin() as conn:
                 # The insert comes first: a payment seen before conflicts here at once, and
@@ -183,12 +199,13 @@ class PaymentStore:
                     # theirs (read committed) and this transaction's own.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                                        {"k": f"{p.network}|{p.asset}|{p.payer}"})
-                open_sum = (await conn.execute(
-                    select(func.coalesce(func.sum(payments.c.amount), 0)).where(
+                # Summed here, exactly: SQLite would add uint256 text as floats.
+                open_sum = sum((await conn.execute(
+                    select(payments.c.amount).where(
                         payments.c.network == p.network, payments.c.asset == p.asset,
                         payments.c.payer == p.payer, payments.c.state.in_(OPEN_STATES)))
-                ).scalar_one()
-                if int(open_sum) > exposure_limit:
+                ).scalars())
+                if open_sum > exposure_limit:
                     raise _OverExposed  # rolls the insert back
                 return row.id
         except _OverExposed:
@@ -208,7 +225,7 @@ class PaymentStore:
     async def get(self, payment_id: str) -> PaymentRow | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(payments).where(payments.c.id == payment_id))).first()
-        return _full_row(row) if row else None
+        return PaymentRow.from_row(row) if row else None
 
     async def transition(self, payment_id: str, old: str | Iterable[str], new: str, *,
                          tx_hash: str | None = None, error: str | None = None,
@@ -275,7 +292,7 @@ class PaymentStore:
                 update(payments).where(payments.c.id.in_(ids), free)
                 .values(lease_until=now + lease_seconds, lease_owner=owner)
                 .returning(*payments.c))).all()
-        out = [_full_row(r) for r in rows]
+        out = [PaymentRow.from_row(r) for r in rows]
         out.sort(key=lambda r: (r.valid_before is None, r.valid_before or 0))
         return out
 
@@ -299,13 +316,18 @@ class PaymentStore:
                                .values(lease_until=until, lease_owner=None))
 
     async def store_response(self, payment_id: str, status: int, headers: list[tuple[str, str]],
-                             body: bytes, complete: bool) -> None:
-        """Remember what was served for this payment (first writer wins)."""
+                             body: bytes, complete: bool, *, body_kept: bool = True,
+                             body_size: int | None = None) -> None:
+        """Remember what was served for this payment (first writer wins). With
+        `body_kept=False` only the fact is kept: `body` is dropped (it was too large)."""
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         async with self._engine.begin() as conn:
             await conn.execute(dialect.insert(payment_responses).values(
-                payment_id=payment_id, status=status, headers=json.dumps(headers), body=body,
-                complete=int(complete), created_at=self._clock.now()).on_conflict_do_nothing())
+                payment_id=payment_id, status=status, headers=json.dumps(headers),
+                body=body if body_kept else b"", complete=int(complete),
+                created_at=self._clock.now(), body_kept=int(body_kept),
+                body_size=len(body) if body_size is None else body_size,
+            ).on_conflict_do_nothing())
 
     async def response(self, payment_id: str) -> Stored | None:
         async with self._engine.connect() as conn:
@@ -314,19 +336,30 @@ class PaymentStore:
         if row is None:
             return None
         return Stored(row.status, [tuple(h) for h in json.loads(row.headers)], bytes(row.body),
-                      bool(row.complete))
+                      bool(row.complete), row.created_at, bool(row.body_kept), row.body_size)
 
-    async def wait_response(self, payment_id: str, timeout: float,
-                            interval: float = 0.05) -> Stored | None:
-        """Poll for the stored response of a payment another request is serving."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            stored = await self.response(payment_id)
-            if stored is not None or loop.time() >= deadline:
-                return stored
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 0.5)
+    async def purge_responses(self, created_before: float) -> int:
+        """Delete stored responses older than the retention limit; how many went."""
+        async with self._engine.begin() as conn:
+            res = await conn.execute(payment_responses.delete().where(
+                payment_responses.c.created_at < created_before))
+        return res.rowcount
+
+    async def take_forward(self, payment_id: str, until: float) -> bool:
+        """Own the next origin call of a `before` payment whose last one failed (its
+        `forward_until` is due): True for exactly one caller, who holds it until `until`
+        (a crash then frees it again)."""
+        async with self._engine.begin() as conn:
+            res = await conn.execute(update(payments).where(
+                payments.c.id == payment_id, payments.c.forward_until.is_not(None),
+                payments.c.forward_until <= self._clock.now()).values(forward_until=until))
+        return res.rowcount == 1
+
+    async def set_forward(self, payment_id: str, until: float | None) -> None:
+        """`now`: the origin call failed, a retry may forward; None: served, no more."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(payments).where(payments.c.id == payment_id)
+                               .values(forward_until=until))
 
     async def counts(self) -> dict[str, int]:
         async with self._engine.connect() as conn:
@@ -334,8 +367,3 @@ class PaymentStore:
                 payments.c.state))).all()
         return {state: n for state, n in rows}
 
-
-def _full_row(r: Any) -> PaymentRow:
-    """A PaymentRow with the settlement worker's columns too."""
-    return dataclasses.replace(PaymentRow.from_row(r), raw_tx=bytes.fromhex(r.raw_tx) if r.raw_tx else None,
-                               lease_owner=r.lease_owner, valid_before=r.valid_before)

@@ -320,8 +320,18 @@ class PaygateConfig(_Model):
         return self
 
 
+class ReplayConfig(_Model):
+    """Stored responses of x402 payments, replayed to a retry of the same request: kept at
+    most `retention_seconds` (and never past the authorization's validity), and only
+    bodies of at most `max_bytes` (a larger one is answered 409 on replay)."""
+
+    retention_seconds: float = Field(600, gt=0)
+    max_bytes: ByteSize = 1024**2
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
+    replay: ReplayConfig = ReplayConfig()
     database: DatabaseConfig = DatabaseConfig()
     assets: dict[str, Asset] = {}
     evm: dict[str, EvmNetworkConfig] = {}

@@ -21,9 +21,23 @@ from yarl import URL
 
 from gateway import forward
 from gateway.challenge import challenge, paywall_html, wants_html
-from gateway.errors import NotFound, BadRequest, PayloadTooLarge, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    TollgateError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.origin_headers import origin_auth_headers
-from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
+from gateway.rails.base import (
+    RETRY_HEADER,
+    Charge,
+    PaidRequest,
+    PaymentRejected,
+    Priced,
+    StoredResponse,
+)
 from gateway.routing import Match, path_problem, strip_prefix
 from gateway.state import GATEWAY, Gateway
 
@@ -102,6 +116,10 @@ def _challenge_response(request: web.Request, priced: Priced, rails, rej: Paymen
 
 
 def _replay(stored: StoredResponse) -> web.Response:
+    if not stored.complete:
+        # Half a body is not the paid answer: say what happened rather than serve it as 200.
+        raise UpstreamError("the response to this payment broke off before its end (the "
+                            "origin or the connection failed); a truncated body is not replayed")
     resp = web.Response(status=stored.status, body=stored.body)
     for name, value in stored.headers:
         if name.lower() not in ("content-length", "transfer-encoding"):
@@ -135,9 +153,10 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
     try:
         upstream = await _open_upstream(gw, request.method, upstream_url, headers, body.payload(),
                                         pg.timeout_seconds)
-    except BaseException:
+    except BaseException as exc:
         if charge is not None and rail is not None:
-            await rail.complete(charge, 502)
+            _note_receipt(exc, await rail.complete(
+                charge, 504 if isinstance(exc, UpstreamTimeout) else 502))
         raise
     try:
         length = upstream.content_length
@@ -151,12 +170,20 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
             return _challenge_response(request, priced, [gw.rails[n] for n in pg.rails], rej)
         return await _stream_back(request, upstream, pg.max_response_bytes, receipt,
                                   charge, rail)
-    except UpstreamError:
+    except UpstreamError as exc:
         if charge is not None and rail is not None:
-            await rail.complete(charge, 502)
+            _note_receipt(exc, await rail.complete(charge, 502))
         raise
     finally:
         upstream.release()
+
+
+def _note_receipt(exc: BaseException, receipt: dict[str, str]) -> None:
+    """An origin failure after a `before` settlement: the error carries the receipt and
+    the rail's note that a retry with the same payment is forwarded."""
+    if isinstance(exc, TollgateError) and RETRY_HEADER in receipt:
+        exc.headers.update(receipt)
+        exc.message = f"{exc.message}; {receipt[RETRY_HEADER]}"
 
 
 def _upstream_target(target: str, prefix: str, raw_path_qs: str, decoded_sub: str) -> tuple[URL, str]:
@@ -214,12 +241,17 @@ async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, c
         resp.content_length = upstream.content_length
     await resp.prepare(request)
     kept: list[bytes] | None = [] if charge is not None else None
+    keep_limit = getattr(rail, "replay_max_bytes", None)
+    size = 0
     complete = False
     try:
         async for chunk in forward.iter_response(upstream, cap):
             await resp.write(chunk)
+            size += len(chunk)
             if kept is not None:
                 kept.append(chunk)
+                if keep_limit is not None and size > keep_limit:
+                    kept = None  # too large to replay: the rail records only the fact
         complete = True
     except forward.ResponseTooLarge as exc:
         log.warning("aborting response for %s: %s", request.path, exc)
@@ -227,10 +259,12 @@ async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, c
         log.info("client went away during %s", request.path)
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         log.warning("origin broke off the response for %s: %s", request.path, exc or type(exc).__name__)
-    if charge is not None and rail is not None and kept is not None:
+    if charge is not None and rail is not None:
         stored_headers = [(k, v) for k, v in resp.headers.items()]
-        await rail.record(charge, StoredResponse(upstream.status, stored_headers, b"".join(kept),
-                                                 complete=complete))
+        await rail.record(charge, StoredResponse(upstream.status, stored_headers,
+                                                 b"".join(kept) if kept is not None else b"",
+                                                 complete=complete, body_kept=kept is not None,
+                                                 body_size=size))
     if not complete:
         # The client must see a broken response, not a clean end of a truncated body.
         if request.transport is not None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import Connection, insert, inspect, select, text
+from sqlalchemy import Connection, inspect, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import schema
@@ -61,16 +61,53 @@ def _shared_allowances(conn: Connection) -> None:
         conn.execute(insert(table), list(merged.values()))
 
 
-def _add_columns(table: str, *names: str) -> Callable[[Connection], None]:
-    """Add columns of the current metadata that an older database lacks (idempotent)."""
-    def run(conn: Connection) -> None:
-        have = {c["name"] for c in inspect(conn).get_columns(table)}
-        for name in names:
-            if name not in have:
-                column = schema.metadata.tables[table].c[name]
-                kind = column.type.compile(dialect=conn.dialect)
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
-    return run
+def _add_missing_columns(conn: Connection, table: str, names: tuple[str, ...]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each of `names` (as the metadata defines it) that the
+    table lacks: idempotent, so it is a no-op on a table `_create` just built."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name in names:
+        if name in have:
+            continue
+        col = schema.metadata.tables[table].c[name]
+        ddl = f"ALTER TABLE {table} ADD COLUMN {name} {col.type.compile(conn.dialect)}"
+        if col.server_default is not None:
+            ddl += f" DEFAULT {col.server_default.arg}"
+        if not col.nullable:
+            ddl += " NOT NULL"
+        conn.execute(text(ddl))
+
+
+def _rebuild_sqlite_table(conn: Connection, table: str) -> None:
+    """SQLite cannot change a column's type: rename the table, create it from the current
+    metadata, copy the shared columns (converting `amount` to Uint256's padded text), drop
+    the old one. Explicit indexes go first: their names are global in SQLite."""
+    old = f"{table}_before_v5"
+    for (index,) in conn.execute(text(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = :t "
+            "AND sql IS NOT NULL"), {"t": table}).all():
+        conn.execute(text(f'DROP INDEX "{index}"'))
+    conn.execute(text(f'ALTER TABLE "{table}" RENAME TO "{old}"'))
+    schema.metadata.tables[table].create(conn)
+    new_cols = set(schema.metadata.tables[table].c.keys())
+    shared = [c["name"] for c in inspect(conn).get_columns(old) if c["name"] in new_cols]
+    exprs = [f"printf('%0{schema.UINT256_DIGITS}d', \"{c}\")" if c == "amount" else f'"{c}"'
+             for c in shared]
+    cols = ", ".join(f'"{c}"' for c in shared)
+    conn.execute(text(f'INSERT INTO "{table}" ({cols}) SELECT {", ".join(exprs)} FROM "{old}"'))
+    conn.execute(text(f'DROP TABLE "{old}"'))
+
+
+def _payments_v5(conn: Connection) -> None:
+    """Replay binding and limits, `before` re-forwarding, uint256 amounts."""
+    amount = next(c for c in inspect(conn).get_columns("payments") if c["name"] == "amount")
+    if conn.dialect.name == "sqlite":
+        if not isinstance(amount["type"], schema.String):  # BigInteger before version 5
+            _rebuild_sqlite_table(conn, "payments")
+    elif not isinstance(amount["type"], schema.NUMERIC):
+        conn.execute(text(f"ALTER TABLE payments ALTER COLUMN amount TYPE "
+                          f"NUMERIC({schema.UINT256_DIGITS}, 0) USING amount::numeric"))
+    _add_missing_columns(conn, "payments", ("request_digest", "forward_until", "client_digest"))
+    _add_missing_columns(conn, "payment_responses", ("body_kept", "body_size"))
 
 
 MIGRATIONS: list[Migration] = [
@@ -79,10 +116,10 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "Hedera allowance sessions", _create(
         "session_nonces", "sessions", "session_charges", "session_pulls")),
     Migration(4, "one allowance per session owner", _shared_allowances),
-
-
+    Migration(5, "x402 replay binding, replay limits, uint256 amounts", _payments_v5),
     Migration(6, "payments: persisted signed tx, lease owner, authorization expiry",
-              _add_columns("payments", "raw_tx", "lease_owner", "valid_before")),
+              lambda conn: _add_missing_columns(conn, "payments",
+                                                ("raw_tx", "lease_owner", "valid_before"))),
 ]
 
 

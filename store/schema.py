@@ -1,17 +1,22 @@
 """Tables (SQLAlchemy Core). Each package uses only its own tables:
 
 - gateway: `origin_secrets`
-- chains/x402 rails (via gateway.payments): `payments`, `payment_responses`
+- chains.payments (the store of the x402 rails in gateway.rails.x402): `payments`,
+  `payment_responses`
 - sessions: added by the sessions migrations
 
-Amounts are integer atomic units stored as BigInteger (tinybars fit; 6-decimal USDC up to
-9.2e12 whole units fits). Times are unix seconds as floats only where they are
-timestamps, never money.
+Amounts are integer atomic units. x402 payment amounts are `Uint256` (any EVM token
+amount: NUMERIC(78,0) on PostgreSQL, zero-padded decimal text on SQLite, never a float);
+session amounts are BigInteger (tinybars fit). Times are unix seconds as floats only where
+they are timestamps, never money.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from sqlalchemy import (
+    NUMERIC,
     BigInteger,
     Column,
     Float,
@@ -23,8 +28,39 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
+
+UINT256_DIGITS = 78  # 2**256 - 1 has 78 decimal digits
+
+
+class Uint256(TypeDecorator):
+    """An unsigned 256-bit integer, exact on every store: NUMERIC(78,0) on PostgreSQL and
+    78-digit zero-padded text on SQLite (whose INTEGER stops at 2**63 and whose NUMERIC
+    affinity turns larger numbers into floats). Zero padding keeps text order = number
+    order. Sum such columns in Python, not in SQL (SQLite would add them as floats)."""
+
+    impl = String(UINT256_DIGITS)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(NUMERIC(UINT256_DIGITS, 0))
+        return dialect.type_descriptor(String(UINT256_DIGITS))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**256:
+            raise ValueError(f"not a uint256: {value!r}")
+        if dialect.name == "postgresql":
+            return Decimal(value)
+        return f"{value:0{UINT256_DIGITS}d}"
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else int(value)
+
 
 schema_migrations = Table(
     "schema_migrations", metadata,
@@ -57,7 +93,7 @@ payments = Table(
     Column("asset", String(100), nullable=False),
     Column("payer", String(100), nullable=False),
     Column("pay_to", String(100), nullable=False),
-    Column("amount", BigInteger, nullable=False),
+    Column("amount", Uint256, nullable=False),
     Column("state", String(16), nullable=False),
     Column("settlement", String(16), nullable=False),
     Column("payload", Text, nullable=False),
@@ -72,6 +108,16 @@ payments = Table(
     Column("valid_before", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # sha256 of the request the payment was first presented with (method, path and query,
+    # body digest): its stored response is replayed to that request only.
+    Column("request_digest", String(64), nullable=True),
+    # `before` settlement: until when the current origin call owns forwarding; NULL when
+    # no (further) forward is due. An origin that failed sets it to "now": a retry with
+    # the same payment may forward again.
+    Column("forward_until", Float, nullable=True),
+    # sha256 of the client address that first presented the payment: without a
+    # payment-identifier, only that address gets a `before` retry forwarded.
+    Column("client_digest", String(64), nullable=True),
     UniqueConstraint("paygate_id", "payment_identifier", name="uq_payments_identifier"),
 )
 
@@ -84,6 +130,9 @@ payment_responses = Table(
     Column("body", LargeBinary, nullable=False),
     Column("complete", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
+    # 0 when the body was over the replay size limit and not kept (`body` is empty).
+    Column("body_kept", Integer, nullable=False, server_default="1"),
+    Column("body_size", BigInteger, nullable=True),
 )
 
 # --- Hedera allowance sessions (sessions package) ---------------------------------------

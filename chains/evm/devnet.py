@@ -244,14 +244,15 @@ class EvmDevnet:
             raise DevnetError(f"{method}: {payload['error']}")
         return payload["result"]
 
-    def mint(self, to: str, amount: int) -> str:
-        """Mint ``amount`` atomic units to ``to`` (as the deployer); waits for the receipt."""
+    def mint(self, to: str, amount: int, token: str | None = None) -> str:
+        """Mint ``amount`` atomic units of ``token`` (default: the devnet's TestUSDC) to ``to``
+        (as the deployer); waits for the receipt."""
         from eth_abi import encode
 
         from chains.evm.rpc import selector
 
         data = selector("mint(address,uint256)") + encode(["address", "uint256"], [_checksum(to), amount])
-        tx_hash = self._send(self.deployer, data, to=self.token_address)
+        tx_hash = self._send(self.deployer, data, to=token or self.token_address)
         self._wait_receipt(tx_hash)
         return tx_hash
 
@@ -346,11 +347,18 @@ class EvmDevnet:
             time.sleep(0.02)
         raise DevnetError(f"devnet set-up transaction {tx_hash} not mined in {self._receipt_timeout():g}s")
 
-    def _deploy(self, artifact: dict) -> str:
+    def deploy_token(self, name: str, version: str, decimals: int) -> str:
+        """Deploy another EIP-3009 test token (same contract, its own name, version and
+        decimals), owned by the deployer; returns its checksummed address."""
+        return self._deploy(load_artifact(), name, version, decimals)
+
+    def _deploy(self, artifact: dict, name: str | None = None, version: str | None = None,
+                decimals: int = 6) -> str:
         from eth_abi import encode
 
         bytecode = bytes.fromhex(artifact["bytecode"].removeprefix("0x"))
-        data = bytecode + encode(["string", "string"], [self.token_name, self.token_version])
+        data = bytecode + encode(["string", "string", "uint8"],
+                                 [name or self.token_name, version or self.token_version, decimals])
         receipt = self._wait_receipt(self._send(self.deployer, data, to=None))
         return _checksum(receipt["contractAddress"])
 

@@ -24,6 +24,11 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 from gateway.config import PaygateConfig
 
 
+# Set in a rail's receipt headers when the payment stays good for a retry of the same
+# request (it was settled, the origin failed); its value says so to the caller.
+RETRY_HEADER = "X-Tollgate-Payment-Retry"
+
+
 @dataclass(frozen=True)
 class Priced:
     """What a request costs: the paygate, the units and the resource being bought."""
@@ -59,6 +64,8 @@ class StoredResponse:
     headers: list[tuple[str, str]]
     body: bytes
     complete: bool = True  # False when the origin broke off or the body passed the cap
+    body_kept: bool = True  # False when the body passed the rail's replay size limit
+    body_size: int | None = None  # bytes served (when `body` is not all of them)
 
 
 @dataclass

@@ -31,6 +31,8 @@ async def _x402_evm(gw: "Gateway") -> Rail:
     evm = await evm_chains(gw)
     rail = X402Rail(evm, PaymentStore(gw.engine, gw.clock), gw.clock,
                     shutdown_grace=gw.config.server.shutdown_grace_seconds,
+                    replay_retention=gw.config.replay.retention_seconds,
+                    replay_max_bytes=gw.config.replay.max_bytes,
                     lease_seconds=gw.config.server.settlement_lease_seconds)
     rail.start(gw.config.server.settlement_interval_seconds)
     return rail
@@ -44,6 +46,8 @@ async def _x402_hedera(gw: "Gateway") -> Rail:
     link = await hedera_link(gw)
     rail = X402Rail(HederaExact(gw.config, link, gw.clock), PaymentStore(gw.engine, gw.clock),
                     gw.clock, shutdown_grace=gw.config.server.shutdown_grace_seconds,
+                    replay_retention=gw.config.replay.retention_seconds,
+                    replay_max_bytes=gw.config.replay.max_bytes,
                     lease_seconds=gw.config.server.settlement_lease_seconds)
     rail.start(gw.config.server.settlement_interval_seconds)
     return rail

@@ -2,9 +2,11 @@
 
 Per request: decode the payment header (v2 `PAYMENT-SIGNATURE` or v1 `X-PAYMENT`), match
 it to an offered requirement, verify it locally, check chain state, then claim it in the
-store. The first request to claim a payment serves it; the same payment again (the claim
-conflicts, or the chain already shows it used) gets the stored response: one origin call,
-one settlement.
+store. The first request to claim a payment serves it: one origin call, one settlement.
+
+The same payment again (the claim conflicts, or the chain shows it used) is a replay:
+`gateway.rails.x402_replay` decides whether it gets the stored response (same request,
+not rebuilt from public chain data, within validity and retention) or 409.
 
 Settlement per paygate: `before` (settle, then forward), `after` (forward; settle when the
 origin answered below `charge_below_status`; if settlement fails the caller gets a 402
@@ -37,13 +39,22 @@ from chains.x402 import (
     select_requirement,
 )
 from gateway.errors import Conflict
-from gateway.rails.base import Charge, Offer, PaidRequest, PaymentRejected, Priced, StoredResponse
+from gateway.rails.base import (
+    RETRY_HEADER,
+    Charge,
+    Offer,
+    PaidRequest,
+    PaymentRejected,
+    Priced,
+    StoredResponse,
+)
+from gateway.rails.x402_replay import RETRY_NOTE, Replays, client_digest, request_digest
+from gateway.rails.x402_replay import receipt_headers as _receipt_headers
 from store.clock import Clock
 
 log = logging.getLogger("tollgate.x402")
 
 PAYMENT_HEADERS = ("PAYMENT-SIGNATURE", "X-PAYMENT")
-DUPLICATE_WAIT_SECONDS = 30.0
 LEASE_SECONDS = 5.0  # a worker's hold on a payment; renewed every third of it while working
 UNKNOWN_RECHECK_SECONDS = 2.0  # an unresolved settlement is asked about again after this
 WORKER_BATCH = 20  # payments one instance works on at once in the background
@@ -90,11 +101,7 @@ class _Handle:
         self.payer = payer
         self.stored = stored
         self.receipt: dict[str, str] = {}
-
-
-def _receipt_headers(resp: SettleResponse) -> dict[str, str]:
-    value = encode_header(resp)
-    return {"PAYMENT-RESPONSE": value, "X-PAYMENT-RESPONSE": value}
+        self.retry = False  # `before`, origin failed: nothing to store, a retry forwards
 
 
 def fingerprint(decoded: dict[str, Any]) -> str:
@@ -104,7 +111,13 @@ def fingerprint(decoded: dict[str, Any]) -> str:
 
 class X402Rail:
     def __init__(self, scheme: Scheme, store: PaymentStore, clock: Clock,
-                 shutdown_grace: float = 30.0, lease_seconds: float = LEASE_SECONDS) -> None:
+                 shutdown_grace: float = 30.0, *, replay_retention: float = 600.0,
+                 lease_seconds: float = LEASE_SECONDS,
+                 replay_max_bytes: int = 1024**2) -> None:
+        self.replay_max_bytes = replay_max_bytes  # the proxy keeps no more than this
+        self.replays = Replays(store, clock, retention=replay_retention,
+                               max_bytes=replay_max_bytes,
+                               used_reason=getattr(scheme, "duplicate_reason", NONCE_ALREADY_USED))
         self.shutdown_grace = shutdown_grace
         # Leases name this instance: a restarted process is a new owner, and takes over
         # what its predecessor held as soon as those short leases lapse.
@@ -139,6 +152,8 @@ class X402Rail:
         decoded = decode_header(raw)
         fp = fingerprint({k: v for k, v in decoded.items() if k != "resource"})
         pg = priced.paygate
+        digest = await request_digest(request)
+        client = client_digest(request)
         try:
             await self.scheme.check_chain(vp)
         except X402Error as exc:
@@ -146,7 +161,8 @@ class X402Rail:
             # bad payment. (Looked up only on this path: the first try needs no extra read.)
             existing = await self.store.find(vp.claim_key, pg.id, pid)
             if existing is not None:
-                return await self._duplicate(existing, fp, pg.id)
+                return await self._duplicate(existing, decoded, fp, pid, digest, priced,
+                                             raw, client, public=True)
             raise PaymentRejected(exc.reason, exc.message) from None
         stored = {"payment": decoded, "requirement": req.to_wire()}
         deferred = pg.settlement == "deferred"
@@ -155,11 +171,15 @@ class X402Rail:
             valid_before=vp.valid_before,
             claim_key=vp.claim_key, payment_identifier=pid, fingerprint=fp, rail=self.name,
             paygate_id=pg.id, network=vp.network, asset=vp.asset, payer=vp.payer,
-            pay_to=vp.pay_to, amount=vp.amount, settlement=pg.settlement, payload=stored), limit)
+            pay_to=vp.pay_to, amount=vp.amount, settlement=pg.settlement, payload=stored,
+            request_digest=digest, client_digest=client,
+            forward_until=self.replays.forward_lease(priced) if pg.settlement == "before" else None),
+            limit)
         if row_id is None:
             existing = await self.store.find(vp.claim_key, pg.id, pid)
             if existing is not None:
-                return await self._duplicate(existing, fp, pg.id)
+                return await self._duplicate(existing, decoded, fp, pid, digest, priced, raw,
+                                             client, public=False)
             raise PaymentRejected("deferred_exposure_exceeded",
                                   "this payer has too much unsettled value; retry once it settles")
         handle = _Handle(row_id, priced, vp.network, vp.payer, stored)
@@ -176,33 +196,43 @@ class X402Rail:
                 {"isValid": True, "payer": vp.payer}))
         return charge
 
-    async def _duplicate(self, row: PaymentRow, fp: str, paygate_id: str) -> StoredResponse:
-        # The scheme names its own code for a reused payment (EVM: the nonce).
-        used = getattr(self.scheme, "duplicate_reason", NONCE_ALREADY_USED)
-        if row.paygate_id != paygate_id:
-            raise PaymentRejected(used, "this payment was already used")
-        if row.fingerprint != fp:
-            if row.payment_identifier:
-                raise Conflict("payment identifier was already used with a different payment",
-                               code="payment_identifier_conflict")
-            raise PaymentRejected(used, "this authorization nonce was already used")
-        if row.state in ("failed", "void") and await self.store.response(row.id) is None:
-            # Never served (settlement failed, or the origin could not be reached): say
-            # so again rather than wait for a response that will not come.
-            raise PaymentRejected(row.error if row.state == "failed" and row.error
-                                  else "invalid_transaction_state",
-                                  f"this payment was not served ({row.state}); "
-                                  "send a new payment")
-        stored = await self.store.wait_response(row.id, DUPLICATE_WAIT_SECONDS)
-        if stored is None:
-            raise Conflict("this payment is still being served; retry shortly",
-                           code="payment_in_flight", headers={"Retry-After": "1"})
-        return StoredResponse(stored.status, stored.headers, stored.body, stored.complete)
+    async def _duplicate(self, row: PaymentRow, decoded: dict[str, Any], fp: str,
+                         pid: str | None, digest: str, priced: Priced, raw: str,
+                         client: str, *, public: bool) -> Charge | StoredResponse:
+        async def reforward(current: PaymentRow) -> Charge | None:
+            return await self._reforward(current, priced, raw, client)
+
+        return await self.replays.duplicate(row, decoded, fp, pid, digest, priced,
+                                            public=public, reforward=reforward)
+
+    async def _reforward(self, row: PaymentRow, priced: Priced, raw: str,
+                         client: str) -> Charge | None:
+        """`before`: the payment settled and its last origin call failed; this retry (of
+        the same request) owns the next call if nobody else took it. Without an
+        identifier (the header is public once settled), only from the first client's
+        address: an observer elsewhere who rebuilt the header gets no forward."""
+        if row.forward_until is None or row.state not in ("settling", "settled", "unknown"):
+            return None
+        if row.payment_identifier is None and row.client_digest != client:
+            return None
+        if not await self.store.take_forward(row.id, self.replays.forward_lease(priced)):
+            return None
+        h = _Handle(row.id, priced, row.network, row.payer, row.payload)
+        h.receipt = _receipt_headers(SettleResponse(
+            success=True, transaction=row.tx_hash or "", network=row.network, payer=row.payer))
+        return Charge(rail=self.name, payer=row.payer, x_payment=raw,
+                      x_payment_response=h.receipt["PAYMENT-RESPONSE"], ref=h)
 
     async def complete(self, charge: Charge, status: int) -> dict[str, str]:
         h: _Handle = charge.ref
         pg = h.priced.paygate
         if pg.settlement == "before":
+            if status >= pg.charge_below_status:
+                # Settled, but the origin failed: the caller must not be left paid with
+                # nothing. Nothing is stored; a retry of the same request forwards again.
+                h.retry = True
+                await self.store.set_forward(h.row_id, self.clock.now())
+                return {**h.receipt, RETRY_HEADER: RETRY_NOTE}
             return h.receipt
         if status >= pg.charge_below_status:
             await self.store.transition(h.row_id, "verified", "void",
@@ -221,8 +251,11 @@ class X402Rail:
 
     async def record(self, charge: Charge, response: StoredResponse) -> None:
         h: _Handle = charge.ref
-        await self.store.store_response(h.row_id, response.status, response.headers,
-                                        response.body, response.complete)
+        if h.retry:
+            return  # not served: nothing to replay, a retry forwards again
+        await self.replays.record(h.row_id, response)
+        if h.priced is not None and h.priced.paygate.settlement == "before":
+            await self.store.set_forward(h.row_id, None)  # served: no more forwards
 
     async def _settle(self, h: _Handle, from_states: tuple[str, ...]) -> SettleOutcome:
         """Settle now, recording each step so a crash leaves a state the worker resolves.

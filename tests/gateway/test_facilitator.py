@@ -296,7 +296,9 @@ async def test_facilitator_down_leaves_the_payment_unknown_never_a_402(gateway, 
         req = requirement_from(r.headers["PAYMENT-REQUIRED"])
     payer = evm_devnet.payers[3]
     payer_before = token_balance(evm_devnet, payer.address)
-    header = sign_payment(evm_devnet, payer, req)
+    # (an identifier, so the replay below, after settlement was attempted, gets the response)
+    header = sign_payment(evm_devnet, payer, req,
+                          extensions={"payment-identifier": {"info": {"id": "fac-down-0001-ab"}}})
     async with http.get(b.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
         assert r.status == 200
         assert "PAYMENT-REQUIRED" not in r.headers

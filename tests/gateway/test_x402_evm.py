@@ -153,15 +153,26 @@ async def test_same_payment_again_gets_the_stored_response(paid, http, evm_devne
 
     g, o = await paid(counting)
     req = await challenge_req(http, g.url + "/sky/v1/flights")
-    header = sign_payment(evm_devnet, evm_devnet.payers[1], req)
+    # With a payment-identifier (never on chain) the settled payment's response is replayed.
+    ext = {"payment-identifier": {"info": {"id": "order-0002-abcdefgh"}}}
+    header = sign_payment(evm_devnet, evm_devnet.payers[1], req, extensions=ext)
     merchant_before = token_balance(evm_devnet, evm_devnet.merchant.address)
     answers = []
     for _ in range(2):
         async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
             answers.append((r.status, await r.json(), r.headers.get("PAYMENT-RESPONSE")))
     assert answers[0] == answers[1] and answers[0][1] == {"call": 1}
-    assert calls == 1
-    assert token_balance(evm_devnet, evm_devnet.merchant.address) == merchant_before + PRICE
+    # Without one, a settled payment's fields are public: the replay gets 409 and the receipt.
+    header = sign_payment(evm_devnet, evm_devnet.payers[1], req)
+    for expected in (200, 409):
+        async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
+            assert r.status == expected
+            receipt = decode_header(r.headers["PAYMENT-RESPONSE"])
+            last = await r.json()
+    assert last["error"] == "payment_already_used"
+    assert receipt["success"] is True and receipt["transaction"].startswith("0x")
+    assert calls == 2
+    assert token_balance(evm_devnet, evm_devnet.merchant.address) == merchant_before + 2 * PRICE
 
 
 async def test_concurrent_duplicates_are_served_once(paid, http, evm_devnet):
@@ -176,7 +187,9 @@ async def test_concurrent_duplicates_are_served_once(paid, http, evm_devnet):
 
     g, o = await paid(slow)
     req = await challenge_req(http, g.url + "/sky/v1/flights")
-    header = sign_payment(evm_devnet, evm_devnet.payers[2], req)
+    # (an identifier: a duplicate that arrives after settlement still gets the response)
+    ext = {"payment-identifier": {"info": {"id": "order-0003-abcdefgh"}}}
+    header = sign_payment(evm_devnet, evm_devnet.payers[2], req, extensions=ext)
     merchant_before = token_balance(evm_devnet, evm_devnet.merchant.address)
 
     async def call():

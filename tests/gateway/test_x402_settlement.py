@@ -100,7 +100,9 @@ async def test_unmined_settlement_is_unknown_then_reconciled_once(gateway, origi
     payer = evm_devnet.payers[0]
     merchant = evm_devnet.merchant.address
     merchant_before = token_balance(evm_devnet, merchant)
-    header = sign_payment(evm_devnet, payer, req)
+    # (an identifier, so the replay at the end, after settlement, gets the response)
+    header = sign_payment(evm_devnet, payer, req,
+                          extensions={"payment-identifier": {"info": {"id": "unmined-0001-abcd"}}})
 
     with automine_off(evm_devnet):
         async with http.get(g.url + "/sky/v1/flights",
@@ -346,7 +348,9 @@ async def test_postgres_concurrent_duplicates_across_instances_served_and_settle
     o = await origin(slow)
     g1, g2 = await two_gateways_on(pg_url, gateway, evm_devnet, tmp_path, o.url)
     req = await challenge_req(http, g1.url + "/sky/v1/flights")
-    header = sign_payment(evm_devnet, evm_devnet.payers[4], req)
+    # (an identifier: a duplicate that arrives after settlement still gets the response)
+    header = sign_payment(evm_devnet, evm_devnet.payers[4], req,
+                          extensions={"payment-identifier": {"info": {"id": "pg-dup-0001-abcd"}}})
     merchant_before = token_balance(evm_devnet, evm_devnet.merchant.address)
 
     async def call(g):

@@ -2,7 +2,8 @@
 pragma solidity ^0.8.20;
 
 /// @title TestUSDC
-/// @notice USDC-like token for Tollgate's local devnet and tests: a 6-decimal ERC-20 with an
+/// @notice USDC-like token for Tollgate's local devnet and tests: an ERC-20 (6 decimals like
+///         USDC, or any other count given at deployment) with an
 ///         owner-only mint and EIP-3009 (transfer/receive/cancel with authorization), signed as
 ///         EIP-712 typed data under the domain {name, version, chainId, verifyingContract}.
 /// @dev    Written for tests, not production: no pausing, blacklist or upgradeability.
@@ -12,7 +13,7 @@ contract TestUSDC {
     string public name;
     string public version;
     string public constant symbol = "USDC";
-    uint8 public constant decimals = 6;
+    uint8 public immutable decimals;
 
     address public owner;
     uint256 public totalSupply;
@@ -51,8 +52,9 @@ contract TestUSDC {
         _;
     }
 
-    constructor(string memory name_, string memory version_) {
+    constructor(string memory name_, string memory version_, uint8 decimals_) {
         name = name_;
+        decimals = decimals_;
         version = version_;
         owner = msg.sender;
         _cachedChainId = block.chainid;
