@@ -46,7 +46,11 @@ async def start_origin(report: Callable[[], Any]) -> tuple[web.AppRunner, str]:
             report().free_origin_calls += 1
         return web.json_response({"ok": True})
 
-    app = web.Application()
+    # The gateway's own request-line and header limits: with aiohttp's defaults (8 KiB)
+    # the origin refuses long paths the gateway accepts, and its 400 to a HEAD carries a
+    # body the gateway's client then cannot parse (a 502 that says nothing about the
+    # gateway).
+    app = web.Application(handler_args={"max_line_size": 16384, "max_field_size": 16384})
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -66,7 +70,8 @@ def _decoded(value: str) -> str:
 # -- the gateways -------------------------------------------------------------------------
 
 
-def fuzz_config(evm, net, origin_url: str, work: Path, *, per_minute: int) -> dict[str, Any]:
+def fuzz_config(evm, net, origin_url: str, work: Path, *, per_minute: int,
+                database_url: str | None = None) -> dict[str, Any]:
     rules = [{"path": "/free/*", "units": 0}, {"method": "POST", "path": "/v1/bookings", "units": 25}]
     merchant_evm, merchant_hbar = evm.merchant.address, net.account("merchant").account_id
 
@@ -83,7 +88,7 @@ def fuzz_config(evm, net, origin_url: str, work: Path, *, per_minute: int) -> di
     return {
         "server": {"allow_private_targets": True, "session_api_per_minute": per_minute,
                    "max_request_bytes": MAX_REQUEST_BYTES},
-        "database": {"url": f"sqlite+aiosqlite:///{work / 'tollgate.db'}",
+        "database": {"url": database_url or f"sqlite+aiosqlite:///{work / 'tollgate.db'}",
                      "master_key_env": f"TOLLGATE_FUZZ_UNSET_{uuid.uuid4().hex.upper()}",
                      "master_key_file": str(work / "master.key")},
         "assets": {"usdc": {"type": "eip3009", "network": evm.network, "address": evm.token_address,
@@ -250,3 +255,28 @@ async def build_context(evm, net, http: aiohttp.ClientSession, gw: str, pool: in
     return Context(evm_reqs, hbar_reqs, evm_payloads, hbar_payloads, tokens, nonces,
                    [owner.account_id, owner_ec.account_id, holder.account_id, unknown,
                     stranger.account_id], tx_ids, signatures, slow_inputs)
+
+
+async def fresh_postgres_database(server_url: str) -> str:
+    """A new, migrated database on a running PostgreSQL server (the gateway only checks
+    the schema version on PostgreSQL; it migrates SQLite itself)."""
+    from sqlalchemy import text
+
+    from store import migrations
+    from store.db import create_engine
+
+    name = "fuzz_" + uuid.uuid4().hex[:12]
+    admin = create_engine(server_url)
+    try:
+        async with admin.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    engine = create_engine(url)
+    try:
+        await migrations.migrate(engine)
+    finally:
+        await engine.dispose()
+    return url
