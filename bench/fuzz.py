@@ -352,13 +352,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # No console logging: the run collects ERROR records itself and prints them below.
     with ExitStack() as stack:
-        evm = stack.enter_context(EvmDevnet.start(payers=2))
-        net = stack.enter_context(HederaDevnet())
         pg_url = None
-        if args.postgres:
+        if args.postgres:  # first: its server processes are forked before gRPC has threads
             from tests.support.postgres import start_postgres
 
             pg_url = stack.enter_context(start_postgres(database="tollgate_fuzz")).url
+        evm = stack.enter_context(EvmDevnet.start(payers=2))
+        net = stack.enter_context(HederaDevnet())
         report = asyncio.run(run(evm, net, n=args.n, seed=args.seed, concurrency=args.concurrency,
                                  pool=args.pool, postgres_url=pg_url))
     print(f"command: python bench/fuzz.py --n {args.n} --seed {args.seed} --concurrency "
