@@ -11,12 +11,14 @@ settle after), `/hbar` (x402-hedera, settle before), `/sess` and `/other`
 
 Inputs come from bench/fuzz_inputs.py (seeded; none is a valid payment) and are sent
 with bounded concurrency, through aiohttp or, for bytes no client library sends, a raw
-socket. Printed: counts per family and status, and the three things that must be zero:
-5xx answers, gateway log records at ERROR or above (unhandled exceptions, aiohttp's
-"Error handling request"), and origin calls on priced routes (every input is unpaid, so
-the origin may only see `/free/*` calls, each forwarded with 0 units and no payer).
-Requests that got no answer at all are counted and fail the run too. Exit status 1 if
-any of these is non-zero.
+socket. Printed: counts per family, status and `error` code, and what must be zero:
+5xx answers, log records at ERROR or above (unhandled exceptions; aiohttp's "Error
+handling request" for a request its own HTTP parser refused with a 400 is counted apart),
+origin calls on priced routes (every input is unpaid, so the origin may only see
+`/free/*` calls, forwarded with 0 units and no payer; a call with a payer would mean an
+input was taken as a payment, and counts too), and requests that got no answer. Exit
+status 1 if any of these is non-zero. `--postgres` puts the main gateway's store on a
+throwaway local PostgreSQL server instead of SQLite.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from bench.fuzz_setup import (  # noqa: E402
     start_gateway,
     start_origin,
 )
+
 # Seconds for one answer: above the 15 s an activation may poll the mirror for a proof
 # (junk can be a well-formed transaction id too), with margin for a loaded machine.
 TIMEOUT = 30.0

@@ -38,7 +38,6 @@ class Input:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes | None = None
     gateway: str = "main"  # "limited": the gateway with the session API rate limit on
-    slow: bool = False  # may legitimately take seconds (the mirror is polled for a proof)
 
 
 @dataclass
@@ -81,7 +80,7 @@ def junk_string(rng: random.Random) -> str:
         return rng.choice(("1e3", "1.5", "-0", "+1", " 1", "1 ", "0x3e8", "１２３", "NaN", "Infinity"))
     if k == 7:
         # Transaction ids here are all malformed: a well-formed unknown one makes an
-        # activation poll the mirror for seconds (the `slow` inputs send those).
+        # activation poll the mirror for seconds (`Context.slow_inputs` sends a few).
         return rng.choice(("0.0.3", "0.0.-1", "0.0.99999999999", "1.2.3.4", "0.0.0", "0.0.1@",
                            "0.0.2@1700000000.1234567890", "0.0.2-1700000000", "@1.1", "eip155:1",
                            "hedera:devnet", "exact", "upto"))
@@ -407,7 +406,7 @@ class Fuzzer:
             body = mutate(body, rng)
         method = "POST" if rng.random() < 0.95 else rng.choice(("GET", "PATCH"))
         return Input(family, method, "/api/sessions/activate", self._headers_for_json(),
-                     self._json_body(body), gateway, slow=slow)
+                     self._json_body(body), gateway)
 
     def _session_api(self) -> Input:
         rng = self.rng
