@@ -156,7 +156,7 @@ async def build_context(evm, net, http: aiohttp.ClientSession, gw: str, pool: in
     from chains.hedera.devnet import HBAR
     from chains.hedera.exact_client import build_exact_hedera_payload
     from chains.x402 import PaymentRequirements, decode_header
-    from sessions.proof import challenge_message, memo_for, signed_bytes
+    from sessions.proof import memo_for, signed_bytes
 
     reqs: list[dict] = []
     for method, path in (("GET", "/evm/v1/flights"), ("GET", "/hbar/v1/flights"),
@@ -235,7 +235,7 @@ async def build_context(evm, net, http: aiohttp.ClientSession, gw: str, pool: in
     for acct in (owner, owner_ec):
         outside = await _post(http, gw + "/api/sessions/challenge",
                               {"account_id": acct.account_id, "paygate": "sess"}, 200)
-        sig = acct.sdk_private_key().sign(signed_bytes(challenge_message(outside["nonce"])))
+        sig = acct.sdk_private_key().sign(signed_bytes(outside["message"]))
         signatures += [sig.hex(), "0x" + sig.hex(), base64.b64encode(sig).decode()]
         tx_ids.append(await _approve(net, acct, 50 * HBAR, memo_for(outside["nonce"])))
     tokens = []

@@ -19,6 +19,7 @@ from gateway import facilitator, health, proxy, sessions_api
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
 from gateway.forward import GuardedResolver
+from gateway.logs import quiet_malformed_requests
 from gateway.rails.registry import build_rails, evm_chains
 from gateway.routing import Router
 from gateway.state import GATEWAY, Gateway
@@ -126,6 +127,7 @@ def _private_ok(config: Config) -> set[str]:
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """The full gateway: built-in routes, then the proxy catch-all."""
+    quiet_malformed_requests()
     app = build_app(config, clock=clock)
     facilitator.add_routes(app)
     sessions_api.add_routes(app)

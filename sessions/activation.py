@@ -3,6 +3,7 @@ mirror, then spend the nonce and store the session in one transaction."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +20,8 @@ from sessions.proof import (
 )
 from sessions.records import Session, SessionRecords
 from store.clock import Clock
+
+_NONCE_SHAPE = re.compile(r"[0-9a-f]{32}")  # what SessionRecords.issue_nonce hands out
 
 
 class Mirror(Protocol):
@@ -87,6 +90,10 @@ class Activation:
         owner = _account(account_id, "account_id")
         if not isinstance(nonce, str) or not nonce:
             raise ActivationError(400, "invalid_nonce", "nonce is required")
+        if not _NONCE_SHAPE.fullmatch(nonce):
+            # Not one this gateway issues: refused before it reaches the store, which may
+            # not even be able to hold it (lone surrogates, NUL).
+            raise ActivationError(403, "nonce_invalid", "unknown nonce for this account and paygate")
         if (transaction_id is None) == (signature is None):
             raise ActivationError(400, "invalid_proof",
                                   "give exactly one proof: transaction_id (memo) or signature")

@@ -53,7 +53,9 @@ def new_token() -> str:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    # surrogatepass: a header aiohttp decoded from non-UTF-8 bytes hashes to a value no
+    # issued token has (tokens are ASCII), instead of raising.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def available(allowance: int, outstanding: int) -> int:

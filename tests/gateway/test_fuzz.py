@@ -40,11 +40,7 @@ async def harness(request, evm_devnet, hedera_devnet):
 
 # Where the 500s of the known-bad inputs below are logged from. A short run may hit them
 # too; it must hit nothing else. Remove an entry once its bug is fixed.
-KNOWN_BUG_KINDS = {
-    "UnicodeEncodeError at sessions/lifecycle.py:hash_token",
-    "UnicodeEncodeError at sessions/records.py:nonce",
-    "DBAPIError at sessions/records.py:nonce",
-}
+KNOWN_BUG_KINDS: set[str] = set()  # none open; add "<Error> at <file>:<function>" while one is
 
 
 async def test_a_short_seeded_run_finds_no_5xx_no_unhandled_error_no_unpaid_origin_call(harness):
@@ -65,25 +61,18 @@ async def test_a_short_seeded_run_finds_no_5xx_no_unhandled_error_no_unpaid_orig
     assert len(report.server_errors) == len(report.log_errors), report.summary()
 
 
-# -- known-bad inputs found by the fuzzer ----------------------------------------------
-# Each answers 500 today (on the stores named): an unhandled exception below the HTTP
-# layer. Marked xfail (strict) there: once the owner fixes one, it passes and the
-# marker must go (and its entry in KNOWN_BUG_KINDS).
+# -- inputs the fuzzer found answering 500, kept as regression tests ---------------------
+# Each used to raise below the HTTP layer on the stores named.
 
 SESSION_TOKEN_NOT_UTF8 = (
     "GET/DELETE /api/sessions/current: a session token that is not UTF-8 (aiohttp keeps "
-    "header bytes as surrogates) reaches sessions.lifecycle.hash_token, whose "
-    "token.encode('utf-8') raises UnicodeEncodeError; gateway/sessions_api.py:_current "
-    "does not check header characters the way the proxy does (forward.check_headers)")
+    "header bytes as surrogates) raised UnicodeEncodeError in sessions.lifecycle.hash_token")
 NONCE_SURROGATE = (
-    "POST /api/sessions/activate: a JSON nonce with a lone surrogate (\\ud800) reaches "
-    "sessions.records.SessionRecords.nonce and the database driver raises "
-    "UnicodeEncodeError; sessions/activation.py:Activation.activate only checks that the "
-    "nonce is a non-empty string")
+    "POST /api/sessions/activate: a JSON nonce with a lone surrogate (\\ud800) reached the "
+    "store, whose driver raised UnicodeEncodeError")
 NONCE_NUL = (
-    "POST /api/sessions/activate on PostgreSQL: a JSON nonce with a NUL (\\u0000) reaches "
-    "sessions.records.SessionRecords.nonce and asyncpg raises "
-    "CharacterNotInRepertoireError (PostgreSQL text cannot hold NUL)")
+    "POST /api/sessions/activate on PostgreSQL: a JSON nonce with a NUL (\\u0000) reached "
+    "the store and asyncpg raised CharacterNotInRepertoireError")
 BOTH = ("sqlite", "postgresql")
 
 KNOWN_BAD = [
@@ -106,11 +95,9 @@ KNOWN_BAD = [
 ]
 
 
-@pytest.mark.parametrize(("inp", "fails_on", "bug"), KNOWN_BAD)
+@pytest.mark.parametrize(("inp", "failed_on", "bug"), KNOWN_BAD)
 async def test_known_bad_input_is_refused_without_a_5xx_or_an_unhandled_error(
-        harness, request, inp, fails_on, bug):
-    if harness.store in fails_on:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=bug))
+        harness, inp, failed_on, bug):
     harness.report = Report()
     status = await harness.send_one(inp)
     assert isinstance(status, int) and status < 500, status
