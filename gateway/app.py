@@ -60,6 +60,7 @@ def build_app(config: Config, *, clock: Clock | None = None) -> web.Application:
         handler_args={"max_field_size": MAX_HEADER_FIELD, "max_line_size": MAX_HEADER_FIELD})
     app.cleanup_ctx.append(_lifecycle(config, clock or SystemClock()))
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/health", health.healthz)  # HashToll's name
     app.router.add_get("/readyz", health.readyz)
     return app
 

@@ -86,6 +86,9 @@ def test_body_is_the_header_object_plus_v1_fields_in_each_entry():
         assert entry["mimeType"] == "application/json"
     stripped = {**body, "accepts": [{k: v for k, v in e.items() if k not in V1_FIELDS}
                                     for e in body["accepts"]]}
+    # HashToll's hint for clients of a session paygate is in the body only
+    assert stripped.pop("hedera") == {"instructions": "Please approve more HBAR allowance",
+                                      "spenderAccount": "0.0.1001", "requiredAmount": "0.05"}
     assert stripped == header_obj
 
 
