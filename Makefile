@@ -7,12 +7,12 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 UV_VERSION := 0.13.9
 
-.PHONY: demo test install tools system-deps lock bench clean
+.PHONY: demo test install tools assets system-deps lock bench clean
 
-demo: install tools
+demo: install tools assets
 	$(BIN)/tollgate demo
 
-test: install tools system-deps
+test: install tools assets system-deps
 	$(BIN)/pytest
 
 install: $(VENV)/.installed
@@ -34,12 +34,27 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# A real PostgreSQL server for the store tests (Debian's package; root or sudo).
+# The wallet page's and the paywall's scripts, bundled from the npm packages pinned by
+# package-lock.json (nothing is fetched from a CDN at run time). The WalletConnect bundle
+# (hedera-wallet-connect and the Hedera SDK) is separate: the page loads it on demand.
+ESBUILD := node_modules/.bin/esbuild
+ESBUILD_FLAGS := --bundle --format=esm --target=es2020 --platform=browser --minify --log-level=warning
+
+assets: static/build/.built
+
+static/build/.built: node_modules/.installed $(wildcard web/*.js)
+	$(ESBUILD) web/wallet.js web/paywall.js $(ESBUILD_FLAGS) --external:/static/* --outdir=static/build
+	$(ESBUILD) web/walletconnect.js $(ESBUILD_FLAGS) --outdir=static/build \
+		--alias:@hashgraph/sdk=./node_modules/@hashgraph/sdk/lib/browser.js
+	touch $@
+
+# A real PostgreSQL server for the store tests, and Chromium for the browser tests
+# (Debian's packages; root or sudo).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium >/dev/null; \
 	fi
 
 # Re-resolve the lock after changing dependencies in pyproject.toml.
@@ -50,4 +65,4 @@ bench: install tools
 	$(BIN)/python bench/bench_verify.py
 
 clean:
-	rm -rf $(VENV) node_modules var
+	rm -rf $(VENV) node_modules var static/build test-output

@@ -282,6 +282,13 @@ class PaygateConfig(_Model):
         return self
 
 
+class WalletConfig(_Model):
+    """The wallet page at `/`. WalletConnect needs a (free) project id from
+    https://cloud.reown.com; without one the page explains how to get it."""
+
+    walletconnect_project_id: str | None = None
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -289,6 +296,7 @@ class Config(_Model):
     evm: dict[str, EvmNetworkConfig] = {}
     hedera: HederaConfig | None = None
     paygates: list[PaygateConfig] = []
+    wallet: WalletConfig = WalletConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
