@@ -68,6 +68,7 @@ async def page(browser, request):
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     context = await browser.new_context(viewport={"width": 900, "height": 1100})
+    context.set_default_timeout(20_000)
     pg = await context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
