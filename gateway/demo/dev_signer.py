@@ -35,6 +35,15 @@ def sign_message(private_key_der: str, message: str) -> str:
     return sdk.PrivateKey.from_string(private_key_der).sign(prefixed).hex()
 
 
+def install(app, network: str, accounts: dict[str, Any]) -> "DevSigner":
+    """Put a dev signer for `accounts` on a gateway app before it starts (demo only)."""
+    from gateway.wallet import DEV_SIGNER
+
+    signer = DevSigner(network, accounts)
+    app[DEV_SIGNER] = signer
+    return signer
+
+
 class DevSigner:
     """Signs for the named demo accounts of a local network (`handle` answers the page)."""
 
