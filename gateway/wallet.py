@@ -39,11 +39,39 @@ class BadGateway(TollgateError):
     status = 502
 
 
-def _rail(request: web.Request):
+class _Polling:
+    """The limit for what the page polls (mirror look-ups while it waits for the network):
+    a few times the activation limit, so a page that polls once a second is never refused
+    but one client cannot turn the gateway into a mirror proxy."""
+
+    def __init__(self) -> None:
+        self.limiter = None
+
+    def check(self, request: web.Request) -> None:
+        if self.limiter is None:
+            from gateway.ratelimit import RateLimiter
+
+            gw = request.app[GATEWAY]
+            self.limiter = RateLimiter(POLLS_PER_LIMIT * gw.config.server.session_api_per_minute,
+                                       gw.clock)
+        self.limiter.check(request.remote or "")
+
+
+POLLING = web.AppKey("wallet_polling", _Polling)
+POLLS_PER_LIMIT = 4
+
+
+def _rail(request: web.Request, limit: str = "activation"):
+    """The session rail, after the request's rate limit: "activation" (what prepares or
+    sends transactions, like challenges and activations), "polling" (mirror look-ups)
+    or "none" (token-authenticated reads of our own store)."""
     rail = request.app[GATEWAY].rails.get("hedera-session")
     if rail is None:
         raise NotFound("Hedera sessions are not enabled on this gateway", code="sessions_disabled")
-    rail.limiter.check(request.remote or "")
+    if limit == "activation":
+        rail.limiter.check(request.remote or "")
+    elif limit == "polling":
+        request.app[POLLING].check(request)
     return rail
 
 
@@ -188,7 +216,7 @@ async def submit(request: web.Request) -> web.Response:
 async def allowance(request: web.Request) -> web.Response:
     from chains.hedera.mirror import MirrorError
 
-    rail = _rail(request)
+    rail = _rail(request, "polling")
     gw = request.app[GATEWAY]
     owner = _owner(request.query.get("account"))
     try:
@@ -204,7 +232,7 @@ async def allowance(request: web.Request) -> web.Response:
 async def transaction(request: web.Request) -> web.Response:
     from chains.hedera.mirror import MirrorError, pick_record
 
-    rail = _rail(request)
+    rail = _rail(request, "polling")
     try:
         records = await rail.refresher.mirror.transaction(request.match_info["tx_id"])
     except ValueError:
@@ -216,8 +244,8 @@ async def transaction(request: web.Request) -> web.Response:
                               "result": record.result if record else None})
 
 
-async def _session(request: web.Request):
-    rail = _rail(request)
+async def _session(request: web.Request, limit: str = "none"):
+    rail = _rail(request, limit)
     token, _ = session_token(request.headers)
     if not token:
         raise Unauthorized("send the session token in X-Hedera-Session-Id", code="missing_session")
@@ -239,8 +267,7 @@ def meter_view(gw, session) -> dict[str, Any]:
 async def session_meter(request: web.Request) -> web.Response:
     rail, session = await _session(request)
     gw = request.app[GATEWAY]
-    charges = [c for c in await rail.ledger.charges(session.id) if c.state != "reversed"] \
-        if hasattr(rail.ledger, "charges") else []
+    charges = [c for c in await rail.ledger.charges(session.id) if c.state != "reversed"]
     last = [{"amount": int(c.amount), "at": float(c.created_at), "status": c.status}
             for c in charges[-10:]][::-1]
     pulls = [{"transaction_id": p.tx_id, "amount": p.amount, "state": p.state,
@@ -253,7 +280,7 @@ async def session_meter(request: web.Request) -> web.Response:
 async def session_refresh(request: web.Request) -> web.Response:
     from chains.hedera.mirror import MirrorError
 
-    rail, session = await _session(request)
+    rail, session = await _session(request, "activation")  # it reads the mirror
     try:
         session = await rail.refresher.refresh(session) or session
     except MirrorError:
@@ -270,6 +297,7 @@ async def dev_sign(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[POLLING] = _Polling()
     app.router.add_get("/", page)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     app.router.add_get("/api/paygates", paygates)
