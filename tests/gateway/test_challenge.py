@@ -158,9 +158,11 @@ def test_paywall_escapes_html_and_embeds_the_challenge_safely():
     body, _ = challenge(priced(NASTY), [evm_offer(), hedera_offer()])
     page = paywall_html(body)
 
-    # exactly one script element, and the only closing tag is its own
-    assert page.count("<script") == 1
-    assert page.count("</script>") == 1
+    # the data element and the paywall's own bundle (no inline code), and the only
+    # closing tags are theirs
+    assert page.count("<script") == 2
+    assert page.count("</script>") == 2
+    assert '<script type="module" src="/static/build/paywall.js"></script>' in page
     # "<!--" inside a script element puts the HTML parser into a state where the
     # closing tag may not end it: it must not appear there either
     script = embedded_json(page)
