@@ -34,18 +34,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The wallet page's and the paywall's scripts, bundled from the npm packages pinned by
-# package-lock.json (nothing is fetched from a CDN at run time). The WalletConnect bundle
-# (hedera-wallet-connect and the Hedera SDK) is separate: the page loads it on demand.
-ESBUILD := node_modules/.bin/esbuild
-ESBUILD_FLAGS := --bundle --format=esm --target=es2020 --platform=browser --minify --log-level=warning
-
+# The wallet page's and the paywall's scripts, bundled with esbuild (`npm run build`, see
+# package.json) from the npm packages pinned by package-lock.json: nothing is fetched from
+# a CDN at run time. The WalletConnect bundle (hedera-wallet-connect and the Hedera SDK)
+# is separate: the page loads it only when a person connects that way.
 assets: static/build/.built
 
 static/build/.built: node_modules/.installed $(wildcard web/*.js)
-	$(ESBUILD) web/wallet.js web/paywall.js $(ESBUILD_FLAGS) --external:/static/* --outdir=static/build
-	$(ESBUILD) web/walletconnect.js $(ESBUILD_FLAGS) --outdir=static/build \
-		--alias:@hashgraph/sdk=./node_modules/@hashgraph/sdk/lib/browser.js
+	npm run --silent build
 	touch $@
 
 # A real PostgreSQL server for the store tests, and Chromium for the browser tests

@@ -81,7 +81,9 @@ async def page(request: web.Request) -> web.FileResponse:
         # Scripts only from this gateway; the WalletConnect relay is the one remote peer.
         "Content-Security-Policy": (
             "default-src 'self'; img-src 'self' data: https:; style-src 'self' 'unsafe-inline'; "
-            "connect-src 'self' http: https: wss:; frame-ancestors 'none'"),
+            "connect-src 'self' http: https: wss:; "
+            "frame-src https://verify.walletconnect.com https://verify.walletconnect.org; "
+            "frame-ancestors 'none'"),
     })
 
 
