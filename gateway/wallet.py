@@ -10,6 +10,11 @@
     GET  /api/wallet/transaction/ID is the transaction on the mirror yet, and how did it end
     GET  /api/wallet/session        (session token) the meter: view, last charges, pulls
     POST /api/wallet/session/refresh (session token) re-read the allowance from the mirror now
+    POST /api/dev/sign              the demo's devnet-only signer (404 unless the demo put one)
+
+Rate limits: what prepares, submits or re-reads (approval, submit, refresh) counts like
+challenges and activations (`server.session_api_per_minute`); the mirror look-ups the
+page polls get four times that; the meter is a token-authenticated read of the store.
 
 The page only ever holds public data and the session token; keys stay in the wallet
 (reached through `window.tollgateSigner`, see static/wallet.html).

@@ -122,3 +122,32 @@ async def test_health_answers_like_healthz(hashtoll_gw, http):
     for path in ("/health", "/healthz"):
         async with http.get(g.url + path) as r:
             assert (r.status, await r.json()) == (200, {"status": "ok"})
+
+
+# -- the same on PostgreSQL (the session rows, TTL and charges live in the store) --------
+
+from tests.gateway.test_x402_settlement import pg_url, postgres_server  # noqa: E402,F401
+
+
+async def test_hashtoll_session_and_wallet_meter_on_postgres(gateway, origin, http, pg_url,
+                                                             tmp_path, hedera_devnet,
+                                                             hedera_account):
+    o = await origin()
+    g = await gateway(session_config(hedera_devnet, o.url) | {"database": {
+        "url": pg_url, "master_key_file": str(tmp_path / "pg.key")}})
+    assert g.gw.engine.dialect.name == "postgresql"
+    owner = hedera_account()
+    status, body = await _hashtoll_activate(http, g, hedera_devnet, owner, 4 * UNIT_PRICE,
+                                            expiryHours=1)
+    assert status == 201, body
+    token = body["session"]["id"]
+    assert body["session"]["expires_at"] - body["session"]["created_at"] in (3600, 3601)
+    for key in ("a", "b", "a"):  # the third is a retry of the first: no new charge
+        async with http.get(g.url + "/sky/v1/flights", headers={
+                "x-hedera-session-id": token, "x-idempotency-key": key}) as r:
+            assert r.status == 200
+    async with http.get(g.url + "/api/wallet/session", headers={"X-Hedera-Session-Id": token}) as r:
+        meter = await r.json()
+    assert (meter["session"]["calls"], meter["session"]["remaining"]) == (2, 2 * UNIT_PRICE)
+    assert [c["amount"] for c in meter["charges"]] == [UNIT_PRICE, UNIT_PRICE]
+    assert len(o.requests) == 2
