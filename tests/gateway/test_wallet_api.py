@@ -125,3 +125,24 @@ async def test_polling_the_meter_is_not_limited_like_activations(gateway, origin
                 "account_id": owner.account_id, "paygate": "sky", "amount": 1}) as r:
             statuses.append(r.status)
     assert 429 in statuses  # preparing transactions is limited like activations
+
+
+async def test_public_listing_and_page_config(wallet_gw, http, hedera_devnet):
+    g, o = wallet_gw
+    async with http.get(g.url + "/api/paygates") as r:
+        (sky,) = (await r.json())["paygates"]
+    assert (sky["id"], sky["prefix"], sky["rails"]) == ("sky", "/sky", ["hedera-session"])
+    assert sky["prices"]["hbar"] == {"unit_price": "0.05", "atomic": str(UNIT_PRICE),
+                                     "network": "hedera:devnet"}
+    assert sky["rules"] == [{"method": "POST", "path": "/v1/bookings", "units": 3}]
+    assert sky["unit_price_tinybars"] == UNIT_PRICE
+    async with http.get(g.url + "/api/wallet/config") as r:
+        cfg = await r.json()
+    assert (cfg["network"], cfg["spender"], cfg["sessions"]) == \
+        ("hedera:devnet", hedera_devnet.account("spender").account_id, True)
+    assert cfg["walletconnect_project_id"] is None and cfg["dev_signer"] is None
+    assert "private" not in str(cfg).lower() and "secret" not in str(cfg).lower()
+    async with http.get(g.url + "/") as r:
+        assert r.status == 200 and "Tollgate wallet" in await r.text()
+        assert "script-src" not in r.headers["Content-Security-Policy"]  # default-src 'self'
+    assert o.requests == []
