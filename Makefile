@@ -7,12 +7,12 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 UV_VERSION := 0.13.9
 
-.PHONY: demo test install tools system-deps lock bench clean
+.PHONY: demo test install tools assets system-deps lock bench clean
 
-demo: install tools
+demo: install tools assets
 	$(BIN)/tollgate demo
 
-test: install tools system-deps
+test: install tools assets system-deps
 	$(BIN)/pytest
 
 install: $(VENV)/.installed
@@ -34,12 +34,23 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# A real PostgreSQL server for the store tests (Debian's package; root or sudo).
+# The wallet page's and the paywall's scripts, bundled with esbuild (`npm run build`, see
+# package.json) from the npm packages pinned by package-lock.json: nothing is fetched from
+# a CDN at run time. The WalletConnect bundle (hedera-wallet-connect and the Hedera SDK)
+# is separate: the page loads it only when a person connects that way.
+assets: static/build/.built
+
+static/build/.built: node_modules/.installed $(wildcard web/*.js)
+	npm run --silent build
+	touch $@
+
+# A real PostgreSQL server for the store tests, and Chromium for the browser tests
+# (Debian's packages; root or sudo).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium >/dev/null; \
 	fi
 
 # Re-resolve the lock after changing dependencies in pyproject.toml.
@@ -50,4 +61,4 @@ bench: install tools
 	$(BIN)/python bench/bench_verify.py
 
 clean:
-	rm -rf $(VENV) node_modules var
+	rm -rf $(VENV) node_modules var static/build test-output

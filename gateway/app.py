@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway import facilitator, health, proxy, sessions_api
+from gateway import facilitator, health, proxy, sessions_api, wallet
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
 from gateway.forward import GuardedResolver
@@ -61,6 +61,7 @@ def build_app(config: Config, *, clock: Clock | None = None) -> web.Application:
         handler_args={"max_field_size": MAX_HEADER_FIELD, "max_line_size": MAX_HEADER_FIELD})
     app.cleanup_ctx.append(_lifecycle(config, clock or SystemClock()))
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/health", health.healthz)  # HashToll's name
     app.router.add_get("/readyz", health.readyz)
     return app
 
@@ -131,5 +132,6 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app = build_app(config, clock=clock)
     facilitator.add_routes(app)
     sessions_api.add_routes(app)
+    wallet.add_routes(app)  # the wallet page at /, /api/paygates, /api/wallet/*
     add_proxy_routes(app)
     return app

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from chains.x402 import build_payment_required, encode_header, payment_required_body
 
+from gateway.hashtoll import payment_hint
 from gateway.rails.base import Offer, Priced
 
 _PAYWALL = Path(__file__).resolve().parent.parent / "static" / "paywall.html"
@@ -36,7 +37,7 @@ def challenge(priced: Priced, offers: list[Offer], error: str = "payment require
     args = (priced.resource_url,
             priced.paygate.description or f"{priced.paygate.id} {priced.path_qs}",
             priced.paygate.mime_type, accepts, extensions)
-    body = payment_required_body(*args, error=error) | (extra or {})
+    body = payment_required_body(*args, error=error) | (extra or {}) | payment_hint(extensions)
     header = encode_header(build_payment_required(*args, error=error))
     return body, {"PAYMENT-REQUIRED": header}
 

@@ -28,13 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--once", action="store_true", help="exit after the walkthrough")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("pay", help="call a URL, paying its 402 with x402")
+    p = sub.add_parser("pay", help="call a URL, paying its 402 with x402 or from a Hedera session")
     p.add_argument("url")
     p.add_argument("-X", "--method", default="GET")
     p.add_argument("-d", "--data", help="request body")
     p.add_argument("-H", "--header", action="append", default=[], help="extra header 'Name: value'")
     p.add_argument("--key", default=os.environ.get("TOLLGATE_PAYER_KEY"),
                    help="EVM private key (default: $TOLLGATE_PAYER_KEY)")
+    p.add_argument("--session", default=os.environ.get("TOLLGATE_SESSION"),
+                   help="spend from this Hedera allowance session token instead "
+                        "(default: $TOLLGATE_SESSION); retries reuse the call's idempotency key")
     p.add_argument("--max", dest="max_amount",
                    help="most to pay for this call, in atomic units (e.g. 1000) or with a "
                         "decimal point in whole tokens of 6 decimals (e.g. 0.01)")
@@ -115,8 +118,9 @@ def parse_max(value: str | None) -> int | None:
 def cmd_pay(args) -> int:
     from gateway.client import PayingClient
 
-    if not args.key:
-        print("tollgate pay: give --key or set TOLLGATE_PAYER_KEY", file=sys.stderr)
+    if not args.key and not args.session:
+        print("tollgate pay: give --key (or set TOLLGATE_PAYER_KEY) or --session",
+              file=sys.stderr)
         return 2
     headers = {}
     for h in args.header:
@@ -128,13 +132,17 @@ def cmd_pay(args) -> int:
     max_amount = parse_max(args.max_amount)
 
     async def run() -> int:
-        async with PayingClient(evm_key=args.key, max_per_request=max_amount) as client:
+        session = args.session or None
+        async with PayingClient(evm_key=None if session else args.key, session=session,
+                                max_per_request=max_amount) as client:
             resp = await client.request(args.method, args.url, headers=headers,
                                         content=args.data.encode() if args.data else None)
             print(f"HTTP {resp.status_code}")
             sys.stdout.write(resp.text + ("\n" if not resp.text.endswith("\n") else ""))
             if client.last_receipt is not None:
                 print("receipt: " + json.dumps(client.last_receipt))
+            if client.last_remaining is not None:
+                print(f"remaining: {client.last_remaining} tinybars")
             if client.last_refusal:
                 print(f"not paid: {client.last_refusal}", file=sys.stderr)
             return 0 if resp.status_code < 400 else 1

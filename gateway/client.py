@@ -10,11 +10,21 @@ pay (x402 `exact` on an EVM network with an EIP-3009 token, or, given `hedera_ac
 with `PAYMENT-SIGNATURE`. It refuses to pay more
 than `max_per_request` for one call or `spend_limit` in total (atomic units of the asset);
 the 402 is then returned as is.
+
+With `session="hs_..."` (a Hedera allowance session token, from the wallet page or
+`POST /api/sessions/activate`) every call carries `X-Hedera-Session-Id` and a fresh
+`Idempotency-Key` (unless the caller gave one). A call whose answer was lost (transport
+error), that is still running (409 `idempotency_key_in_flight`) or that met a passing 502,
+503 or 504 is sent again with the same key, up to `retries` times: the gateway then
+returns the first call's stored answer and never charges twice. A session 402 (exhausted,
+revoked, expired) is returned as is; the allowance the owner approved is the spend limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +33,12 @@ import httpx
 from chains.evm.codec import build_exact_evm_payload
 from chains.evm.eip712 import address_of
 from chains.x402 import PaymentRequirements, X402Error, decode_header, encode_header
+
+
+SESSION_HEADER = "X-Hedera-Session-Id"
+KEY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
+RETRY_STATUSES = (502, 503, 504)
+MAX_RETRY_WAIT = 5.0  # seconds; a longer Retry-After is cut to this
 
 
 class PaymentRefused(Exception):
@@ -52,6 +68,8 @@ class PayingClient:
         hedera_nodes: list[str] | None = None,
         max_per_request: int | None = None,
         spend_limit: int | None = None,
+        session: str | None = None,
+        retries: int = 3,
         http: httpx.AsyncClient | None = None,
         timeout: float = 60.0,
     ) -> None:
@@ -69,6 +87,10 @@ class PayingClient:
         self.spent = Spend()
         self.last_receipt: dict[str, Any] | None = None
         self.last_refusal: str | None = None
+        self.session = session
+        self.retries = retries
+        self.retries_done = 0  # over the client's life (for observers and tests)
+        self.last_remaining: int | None = None  # tinybars left in the session, per the gateway
 
     async def __aenter__(self) -> "PayingClient":
         return self
@@ -90,6 +112,8 @@ class PayingClient:
         """Send the request; on a 402 pay it (within limits) and send it once more."""
         self.last_receipt = None
         self.last_refusal = None
+        if self.session is not None:
+            return await self._session_request(method, url, **kw)
         resp = await self._http.request(method, url, **kw)
         if resp.status_code != 402:
             return resp
@@ -110,6 +134,49 @@ class PayingClient:
         if paid.status_code != 402:
             self.spent.add(req.asset, req.amount_int)
         return paid
+
+    async def _session_request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", None) or {})
+        headers[SESSION_HEADER] = self.session or ""
+        if not any(h.lower() in (k.lower() for k in KEY_HEADERS) for h in headers):
+            headers[KEY_HEADERS[0]] = uuid.uuid4().hex  # one key for this call and its retries
+        attempt = 0
+        while True:
+            try:
+                resp = await self._http.request(method, url, headers=headers, **kw)
+            except httpx.TransportError:
+                if attempt >= self.retries:
+                    raise
+                wait = 0.5
+            else:
+                if not self._retryable(resp) or attempt >= self.retries:
+                    break
+                wait = _retry_after(resp)
+            attempt += 1
+            self.retries_done += 1
+            await asyncio.sleep(wait)
+        remaining = resp.headers.get("X-Tollgate-Remaining")
+        if remaining is not None and remaining.isdigit():
+            self.last_remaining = int(remaining)
+        if resp.status_code == 402:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {}
+            error = body.get("error") if isinstance(body, dict) else None
+            self.last_refusal = f"session: {error or 'payment required'}"
+        return resp
+
+    @staticmethod
+    def _retryable(resp: httpx.Response) -> bool:
+        if resp.status_code in RETRY_STATUSES:
+            return True
+        if resp.status_code == 409:
+            try:
+                return resp.json().get("error") == "idempotency_key_in_flight"
+            except (ValueError, AttributeError):
+                return False
+        return False
 
     def _challenge(self, resp: httpx.Response) -> dict[str, Any]:
         header = resp.headers.get("PAYMENT-REQUIRED")
@@ -160,3 +227,10 @@ class PayingClient:
                     "accepted": v2_entry, "payload": payload, "extensions": {}}
             return encode_header(body), req
         raise PaymentRefused("; ".join(reasons) or "the 402 offers nothing to pay")
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return min(max(float(resp.headers.get("Retry-After", "1")), 0.1), MAX_RETRY_WAIT)
+    except ValueError:
+        return 1.0

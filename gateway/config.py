@@ -329,6 +329,13 @@ class ReplayConfig(_Model):
     max_bytes: ByteSize = 1024**2
 
 
+class WalletConfig(_Model):
+    """The wallet page at `/`. WalletConnect needs a (free) project id from
+    https://cloud.reown.com; without one the page explains how to get it."""
+
+    walletconnect_project_id: str | None = None
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     replay: ReplayConfig = ReplayConfig()
@@ -338,6 +345,7 @@ class Config(_Model):
     hedera: HederaConfig | None = None
     paygates: list[PaygateConfig] = []
     facilitator: FacilitatorConfig = FacilitatorConfig()
+    wallet: WalletConfig = WalletConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

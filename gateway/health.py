@@ -1,4 +1,4 @@
-"""Liveness and readiness."""
+"""Liveness and readiness. `/healthz` and `/health` (HashToll's name) answer alike."""
 
 from __future__ import annotations
 

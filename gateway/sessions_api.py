@@ -13,10 +13,12 @@ Field names are accepted in snake_case or camelCase (`accountId`, `paygateId`,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
+from gateway import hashtoll
 from gateway.errors import BadRequest, NotFound, TollgateError, Unauthorized
 from gateway.rails.session import SessionRail, session_token
 from gateway.state import GATEWAY
@@ -53,6 +55,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise BadRequest("body must be a JSON object", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object", code="invalid_json")
+    data = hashtoll.request_fields(data)
     out = {}
     for field, names in _ALIASES.items():
         out[field] = next((data[n] for n in names if n in data), None)
@@ -95,6 +98,7 @@ async def activate(request: web.Request) -> web.Response:
     _limit(request, rail)
     body = await _body(request)
     terms = rail.terms(_paygate(rail, request, body["paygate"]))
+    terms = replace(terms, session_ttl=hashtoll.session_ttl(await request.json(), terms.session_ttl))
     try:
         token, session = await rail.activation.activate(
             terms, account_id=body["account_id"], nonce=body["nonce"],
@@ -102,8 +106,9 @@ async def activate(request: web.Request) -> web.Response:
             message=body["message"])
     except ActivationError as exc:
         raise _ActivationFailed(exc) from None
-    return web.json_response({"token": token, "session": session_view(session),
-                              "expires_at": int(session.expires_at)}, status=201)
+    return web.json_response(hashtoll.activation_answer(
+        {"token": token, "session": session_view(session),
+         "expires_at": int(session.expires_at)}, token), status=201)
 
 
 async def _current(request: web.Request) -> tuple[SessionRail, Session]:

@@ -122,6 +122,7 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
     from gateway.app import create_app
     from gateway.client import PayingClient
     from gateway.config import parse_config
+    from gateway.demo.dev_signer import install as install_dev_signer
     from gateway.demo.skyroute import create_origin
 
     if workdir.exists():
@@ -144,7 +145,11 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
         port = _free_port(port)
         config_dict = demo_config(devnet, hedera, origin_url, port, workdir)
         (workdir / "tollgate.toml").write_text(_toml(config_dict))
-        runners.append(await _serve(create_app(parse_config(config_dict)), port))
+        app = create_app(parse_config(config_dict))
+        # The wallet page may sign for bob and carol (alice spends in the walkthrough):
+        # a devnet-only signer holding keys this demo generated on its local network.
+        install_dev_signer(app, hedera.network, {n: hedera.account(n) for n in ("bob", "carol")})
+        runners.append(await _serve(app, port))
         gw = f"http://127.0.0.1:{port}"
         payer = devnet.payers[0]
         steps.say("Started a local devnet, the SkyRoute origin and the gateway", "\n".join([
@@ -184,10 +189,19 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
             steps.say("Spent in total",
                       f"{client.spent.total(devnet.token_address)} atomic units of test USDC")
         await _session_walkthrough(steps, gw, hedera)
+        bob = hedera.account("bob").account_id
+        wallet = f"{gw}/?paygate=skyroute&account={bob}"
+        steps.say("The wallet page", (
+            f"{wallet}\n"
+            f"Open it, choose \"Use this demo account\" (bob, {bob}; devnet only), approve an "
+            "allowance,\nopen a session, call SkyRoute from the page, top up, revoke."))
         if once:
             return 0
         print(f"\nThe gateway keeps serving on {gw} — try:\n"
+              f"    the wallet page: {wallet}\n"
               f"    .venv/bin/tollgate pay {gw}/skyroute/v1/flights --key {payer.private_key}\n"
+              "    .venv/bin/tollgate pay --session <token from the wallet page> "
+              f"{gw}/skyroute/v1/flights\n"
               "Ctrl-C to stop.", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -164,7 +164,7 @@ def _merge(base: dict, extra: dict) -> dict:
 async def gateway(tmp_path):
     servers: list[TestServer] = []
 
-    async def make(config: dict, *, clock: Clock | None = None) -> GatewayHandle:
+    async def make(config: dict, *, clock: Clock | None = None, prepare=None) -> GatewayHandle:
         work = tmp_path / f"gw-{uuid.uuid4().hex[:8]}"
         db_dir = work / "db"
         db_path = db_dir / "tollgate.db"
@@ -180,6 +180,8 @@ async def gateway(tmp_path):
         }
         cfg = parse_config(_merge(defaults, config))
         app = create_app(cfg, clock=clock)
+        if prepare is not None:  # e.g. put app state the demo adds, before start-up
+            prepare(app)
         server = TestServer(app, host="127.0.0.1", port=0)
         servers.append(server)  # closed at teardown even when start-up fails
         await server.start_server(shutdown_timeout=1)

@@ -86,6 +86,9 @@ def test_body_is_the_header_object_plus_v1_fields_in_each_entry():
         assert entry["mimeType"] == "application/json"
     stripped = {**body, "accepts": [{k: v for k, v in e.items() if k not in V1_FIELDS}
                                     for e in body["accepts"]]}
+    # HashToll's hint for clients of a session paygate is in the body only
+    assert stripped.pop("hedera") == {"instructions": "Please approve more HBAR allowance",
+                                      "spenderAccount": "0.0.1001", "requiredAmount": "0.05"}
     assert stripped == header_obj
 
 
@@ -155,9 +158,11 @@ def test_paywall_escapes_html_and_embeds_the_challenge_safely():
     body, _ = challenge(priced(NASTY), [evm_offer(), hedera_offer()])
     page = paywall_html(body)
 
-    # exactly one script element, and the only closing tag is its own
-    assert page.count("<script") == 1
-    assert page.count("</script>") == 1
+    # the data element and the paywall's own bundle (no inline code), and the only
+    # closing tags are theirs
+    assert page.count("<script") == 2
+    assert page.count("</script>") == 2
+    assert '<script type="module" src="/static/build/paywall.js"></script>' in page
     # "<!--" inside a script element puts the HTML parser into a state where the
     # closing tag may not end it: it must not appear there either
     script = embedded_json(page)
