@@ -333,10 +333,19 @@ class PaymentStore:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(payment_responses).where(
                 payment_responses.c.payment_id == payment_id))).first()
-        if row is None:
-            return None
-        return Stored(row.status, [tuple(h) for h in json.loads(row.headers)], bytes(row.body),
-                      bool(row.complete), row.created_at, bool(row.body_kept), row.body_size)
+        return None if row is None else _stored(row)
+
+    async def progress(self, payment_id: str) -> tuple[Stored | None, PaymentRow | None]:
+        """The stored response of a payment (if any) and its row, read on one connection:
+        a replay polls this while the first request writes, and on SQLite's single pooled
+        connection every extra checkout lets the poller jump the writer's place in line."""
+        async with self._engine.connect() as conn:
+            resp = (await conn.execute(select(payment_responses).where(
+                payment_responses.c.payment_id == payment_id))).first()
+            row = None if resp is not None else (await conn.execute(
+                select(payments).where(payments.c.id == payment_id))).first()
+        stored = None if resp is None else _stored(resp)
+        return stored, (PaymentRow.from_row(row) if row else None)
 
     async def purge_responses(self, created_before: float) -> int:
         """Delete stored responses older than the retention limit; how many went."""
@@ -367,3 +376,7 @@ class PaymentStore:
                 payments.c.state))).all()
         return {state: n for state, n in rows}
 
+
+def _stored(row: Any) -> Stored:
+    return Stored(row.status, [tuple(h) for h in json.loads(row.headers)], bytes(row.body),
+                  bool(row.complete), row.created_at, bool(row.body_kept), row.body_size)

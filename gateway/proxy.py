@@ -261,10 +261,11 @@ async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, c
         log.warning("origin broke off the response for %s: %s", request.path, exc or type(exc).__name__)
     if charge is not None and rail is not None:
         stored_headers = [(k, v) for k, v in resp.headers.items()]
-        await rail.record(charge, StoredResponse(upstream.status, stored_headers,
-                                                 b"".join(kept) if kept is not None else b"",
-                                                 complete=complete, body_kept=kept is not None,
-                                                 body_size=size))
+        # Shielded: the client has the whole body by now and may hang up; a cancelled
+        # handler must still record what was served (its retry is answered from it).
+        await asyncio.shield(rail.record(charge, StoredResponse(
+            upstream.status, stored_headers, b"".join(kept) if kept is not None else b"",
+            complete=complete, body_kept=kept is not None, body_size=size)))
     if not complete:
         # The client must see a broken response, not a clean end of a truncated body.
         if request.transport is not None:

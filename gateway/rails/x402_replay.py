@@ -127,11 +127,11 @@ class Replays:
         deadline = loop.time() + DUPLICATE_WAIT_SECONDS
         interval = 0.05
         while True:
-            stored = await self.store.response(row.id)
+            stored, current = await self.store.progress(row.id)
             if stored is not None:
                 return stored
-            current = await self.store.get(row.id) or row
-            if current.state in ("failed", "void") and await self.store.response(row.id) is None:
+            current = current or row
+            if current.state in ("failed", "void"):
                 raise self.not_served(current)
             if current.settlement == "before":
                 charge = await reforward(current)
