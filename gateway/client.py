@@ -23,6 +23,7 @@ revoked, expired) is returned as is; the allowance the owner approved is the spe
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import httpx
 
 from chains.evm.codec import build_exact_evm_payload
 from chains.evm.eip712 import address_of
+from chains.payment_identifier import PAYMENT_IDENTIFIER
 from chains.x402 import PaymentRequirements, X402Error, decode_header, encode_header
 
 
@@ -223,8 +225,14 @@ class PayingClient:
                                                      node_account_ids=self._hedera_nodes)
             v2_entry = {k: v for k, v in entry.items()
                         if k not in ("maxAmountRequired", "resource", "description", "mimeType")}
+            extensions = {}
+            if PAYMENT_IDENTIFIER in (challenge.get("extensions") or {}):
+                # A random id (never on chain) lets a retry of this exact header get the
+                # stored response once the payment has settled; without one the gateway
+                # cannot tell the payer from an observer and answers 409.
+                extensions[PAYMENT_IDENTIFIER] = {"info": {"id": secrets.token_urlsafe(24)}}
             body = {"x402Version": 2, "resource": challenge.get("resource"),
-                    "accepted": v2_entry, "payload": payload, "extensions": {}}
+                    "accepted": v2_entry, "payload": payload, "extensions": extensions}
             return encode_header(body), req
         raise PaymentRefused("; ".join(reasons) or "the 402 offers nothing to pay")
 

@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -119,6 +120,29 @@ async def test_paying_client_pays_and_origin_sees_signed_payment(paid, evm_devne
     assert seen.headers["X-Tollgate-Units"] == "1"
     assert "PAYMENT-SIGNATURE" not in seen.headers
     assert json.loads(base64.b64decode(x_payment))["payload"]["authorization"]["from"] == payer.address
+
+
+async def test_paying_client_sends_a_payment_identifier_so_its_retry_is_replayed(paid, http,
+                                                                               evm_devnet):
+    g, o = await paid()
+    sent: list[str] = []
+
+    async def keep(request):
+        if "PAYMENT-SIGNATURE" in request.headers:
+            sent.append(request.headers["PAYMENT-SIGNATURE"])
+
+    async with httpx.AsyncClient(event_hooks={"request": [keep]}) as raw, \
+            PayingClient(evm_key=evm_devnet.payers[2].private_key, http=raw) as client:
+        first = await client.get(g.url + "/sky/v1/flights?from=ZRH")
+    assert first.status_code == 200 and len(sent) == 1
+    assert json.loads(base64.b64decode(sent[0]))["extensions"]["payment-identifier"]["info"]["id"]
+    # The answer was "lost": the same header again gets the stored answer, no origin call.
+    async with http.get(g.url + "/sky/v1/flights?from=ZRH",
+                        headers={"PAYMENT-SIGNATURE": sent[0]}) as again:
+        assert again.status == 200, await again.text()
+        assert again.headers["X-Tollgate-Replay"] == "true"
+        assert await again.read() == first.content
+    assert len(o.requests) == 1
 
 
 async def test_spend_limit_stops_the_client(paid, evm_devnet):
