@@ -1,7 +1,7 @@
 """Every performance figure of the gateway in one run, each against a bare aiohttp proxy.
 
 Usage: python bench/bench_all.py [--quick] [--json] [--seconds S] [--sessions N]
-                                 [--profile DIR] [--no-wrk]
+                                 [--profile DIR] [--keep] [--no-wrk]
 
 One machine, one run. wrk (one thread) is pinned to core 0 with this script; every server
 (origin, bare proxy, gateway, anvil) is pinned to core 1. HTTP paths, each measured for S
@@ -17,7 +17,11 @@ seconds at 32 connections and S/3 seconds at 1 connection:
                         payment per request; the settlement worker runs (anvil with 1 s
                         blocks; automine with --quick)
   x402 after            the same with settlement "after" (settles in the request; automine)
-  /v1/authorize         skipped while the gateway answers 404 there
+  /v1/authorize         skipped while the gateway answers 404 there (authorize_hook)
+
+--quick (the smoke test's run): 1 s at 32 and 0.5 s at 1 (with the aiohttp generator,
+wrk runs whole seconds), 50 sessions, one automine anvil; its figures mean nothing.
+wrk missing: the aiohttp generator in this process does all the runs (harness.run_load).
 
 Per path: req/s at 32, p50/p99 at 32, p50 at 1, the gateway process's CPU (utime + stime
 from /proc/<pid>/stat, all threads, background workers included) per request at 32,
@@ -57,12 +61,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_configs as cfgs  # noqa: E402
+from bench_report import print_table, report  # noqa: E402
 from harness import (LOAD_CORE, REPO, Load, cpu_seconds, free_port, pin_self,  # noqa: E402
                      rss_mb, run_load, spawn, stop, wait_http, write_header_lines)
 
 OPEN = ("verified", "queued", "settling", "unknown")
-PATHS = ["origin directly", "aiohttp hello", "bare proxy", "free route", "session-paid",
-         "x402 deferred", "x402 after", "/v1/authorize"]
 
 
 class Bench:
@@ -107,7 +110,7 @@ class Bench:
             spy.wait(timeout=a.seconds + 60)
         extra = after_hot() if after_hot else None
         one = run_load(url, concurrency=1, seconds=a.seconds_c1, header_file=files.get("c1"),
-                       use_wrk=a.wrk)
+                       use_wrk=a.wrk and not a.quick)  # wrk runs whole seconds
         self.paths[name] = self.row(hot, one, cpu)
         if extra:
             self.paths[name].update(extra)
@@ -198,8 +201,6 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
     b.measure("aiohttp hello", origin + "/hello", op.pid)
     b.measure("bare proxy", f"http://127.0.0.1:{proxy_port}/sky/v1/flights", pp.pid)
     stop(pp)
-    settler = {cfgs.SETTLER_ENV: evm_auto.settler.private_key}
-    payer_keys = [p.private_key for p in evm_auto.payers]
 
     # x402 deferred (and the free route, time to ready, the /v1/authorize probe)
     gp, gw, d, ready = start_gateway(b, "gw-deferred", lambda port, d: cfgs.x402_config(
@@ -334,69 +335,6 @@ def run_ledger(b: Bench) -> None:
     pin_self({LOAD_CORE})
 
 
-def settlement_figures(samples: list, loaded: int) -> dict:
-    """settled/s during the load and in the drain window after it, from queue samples."""
-    def settled(s: dict) -> int:
-        return s["states"].get("settled", 0)
-
-    out = {"queue_peak": max((s["open"] for s in samples), default=0),
-           "oldest_open_peak_s": max((s["oldest_open_s"] for s in samples), default=0.0),
-           "open_at_end": samples[-1]["open"] if samples else 0}
-    load, tail = samples[:max(loaded, 1)], samples[max(loaded - 1, 0):]
-    for label, part in (("settled_per_s_load", load), ("settled_per_s_drain", tail)):
-        span = part[-1]["t"] - part[0]["t"] if len(part) > 1 else 0
-        out[label] = round((settled(part[-1]) - settled(part[0])) / span, 2) if span else None
-    return out
-
-
-def report(b: Bench) -> dict:
-    bare = b.paths.get("bare proxy")
-    for name, r in b.paths.items():
-        if r.get("skipped") or not bare:
-            continue
-        r["x_rps"] = round(r["rps"] / bare["rps"], 3) if bare["rps"] else None
-        r["x_rps_c1"] = round(r["rps_c1"] / bare["rps_c1"], 3) if bare["rps_c1"] else None
-        r["added_p50_c1_ms"] = round(r["p50_c1_ms"] - bare["p50_c1_ms"], 3)
-        r["x_cpu"] = (round(r["cpu_us_per_req"] / bare["cpu_us_per_req"], 2)
-                      if r["cpu_us_per_req"] and bare["cpu_us_per_req"] else None)
-    q = b.extra.get("queue")
-    if q is not None:
-        b.extra["settlement"] = settlement_figures(q, b.paths["x402 deferred"]["load_samples"])
-    return {"paths": b.paths, **b.extra, "settings": vars(b.args)}
-
-
-def print_table(res: dict) -> None:
-    print("\n| path | req/s @32 | x bare | p50 @32 | p99 @32 | p50 @1 | +p50 @1 vs bare | "
-          "CPU us/req | x bare CPU |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in PATHS:
-        r = res["paths"].get(name)
-        if r is None:
-            continue
-        if r.get("skipped"):
-            print(f"| {name} | skipped: {r['skipped']} |||||||")
-            continue
-        print(f"| {name} | {r['rps']:,.0f}{' *' if r['exhausted'] else ''} | {r.get('x_rps', 0):.2f} "
-              f"| {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['p50_c1_ms']:.2f} ms "
-              f"| {r.get('added_p50_c1_ms', 0):+.2f} ms | {r['cpu_us_per_req'] or 0:,.0f} "
-              f"| {r.get('x_cpu') or 0:.2f} |")
-    st = res.get("settlement", {})
-    rs = res.get("rss_sessions", {})
-    print()
-    print(f"start to /readyz 200 (x402 gateway, no Hedera rails, fresh SQLite): "
-          f"{res.get('ready_s')} s; with the Hedera session rail: {res.get('ready_hedera_s')} s")
-    print(f"RSS: idle {res.get('rss_idle_mb')} MB; {rs.get('sessions')} sessions, "
-          f"{rs.get('called_once')} called once: {rs.get('rss_mb')} MB")
-    for k, v in res.get("ledger", {}).items():
-        print(f"ledger {k}: {v:,.0f}")
-    print(f"x402 deferred queue: peak {st.get('queue_peak')} open, oldest open "
-          f"{st.get('oldest_open_peak_s')} s, {st.get('open_at_end')} open at the end; "
-          f"settled/s during load {st.get('settled_per_s_load')}, "
-          f"in the drain window {st.get('settled_per_s_drain')}")
-    print("queue depth (t s: open / settled): " + ", ".join(
-        f"{s['t']:g}: {s['open']}/{s['states'].get('settled', 0)}" for s in res.get("queue", [])))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: a few seconds per part")
@@ -410,9 +348,9 @@ def main() -> None:
     a = ap.parse_args()
     q = a.quick
     a.seconds = a.seconds or (1.0 if q else 10.0)
-    a.seconds_c1 = max(1.0, round(a.seconds / 3))
+    a.seconds_c1 = 0.5 if q else max(1.0, round(a.seconds / 3))
     a.sessions = a.sessions or (50 if q else 10_000)
-    a.max_paid = 300 if q else 8000  # pre-signed payments per timed run, at most
+    a.max_paid = 150 if q else 8000  # signed payments per timed run, at most (quick: inline)
     a.drain = 1.0 if q else 20.0
     a.warm = 0.3 if q else 1.0  # untimed warm-up per path (aiohttp generator)
     a.touch_seconds = 5.0 if q else 180.0
