@@ -44,13 +44,13 @@ static/build/.built: node_modules/.installed $(wildcard web/*.js)
 	npm run --silent build
 	touch $@
 
-# A real PostgreSQL server for the store tests, and Chromium for the browser tests
-# (Debian's packages; root or sudo).
+# A real PostgreSQL server for the store tests, Chromium for the browser tests and wrk
+# for the benchmark smoke test (Debian's packages; root or sudo).
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null || ! command -v wrk >/dev/null; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql chromium wrk >/dev/null; \
 	fi
 
 # Re-resolve the lock after changing dependencies in pyproject.toml.
