@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -74,8 +74,17 @@ class Signer:
     key_id: str
     secret: str
 
+    used: set = field(default_factory=set)
+
     def headers(self, method: str, path: str, body: bytes, ts: int | None = None) -> dict:
-        ts_text = str(int(time.time()) if ts is None else ts)
+        """Signature headers. An identical request in the same second would repeat a
+        signature the gateway refuses as a replay, so (as a real client would) such a
+        repeat is stamped with the next second instead."""
+        when = int(time.time()) if ts is None else ts
+        while ts is None and (method, path, body, when) in self.used:
+            when += 1
+        self.used.add((method, path, body, when))
+        ts_text = str(when)
         return {"X-PAY-Key": self.key_id, "X-PAY-Timestamp": ts_text,
                 "X-PAY-Signature": sign(self.secret, ts_text, method, path.split("?")[0], body)}
 
