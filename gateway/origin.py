@@ -61,6 +61,10 @@ reported as None).
 ``PATH?QUERY`` is the request target exactly as it travels on the wire to the
 origin (still percent-encoded), so the gateway must sign the path the origin will
 see, including any base path of the upstream URL.
+
+Webhook receivers: ``verify_webhook(secrets, header, body, tolerance=300)`` checks
+``X-Tollgate-Webhook-Signature`` (it lives in ``gateway.origin_webhooks``, also standard
+library only, and is re-exported here).
 """
 
 from __future__ import annotations
@@ -79,7 +83,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 from urllib.parse import quote
 
+from gateway.origin_webhooks import WebhookSignatureError, verify_webhook
+
 __all__ = [
+    "verify_webhook",
+    "WebhookSignatureError",
     "MODES",
     "HEADER_PAYMENT",
     "HEADER_PAYMENT_RESPONSE",
