@@ -2,7 +2,7 @@
 
 Each round (every `admin.webhook_interval_seconds`): fan new outbox events out to the
 endpoints that want them, lease due deliveries, POST each one signed
-(`gateway.origin_webhooks`), and record the outcome. A 2xx answer is delivered; anything
+(`gateway.origin.sign_webhook`), and record the outcome. A 2xx answer is delivered; anything
 else (refused connection, timeout, other status, redirect) is retried after
 `backoff * 2**(tries-1)` seconds (at most `webhook_backoff_max_seconds`) with full
 jitter on the upper half, and is `failed` after `webhook_max_attempts` tries. The lease
@@ -27,7 +27,10 @@ import aiohttp
 from aiohttp.resolver import DefaultResolver
 
 from gateway.forward import GuardedResolver
-from gateway.origin_webhooks import EVENT_HEADER, ID_HEADER, SIGNATURE_HEADER, sign_webhook
+from gateway.origin import WEBHOOK_EVENT_HEADER as EVENT_HEADER
+from gateway.origin import WEBHOOK_ID_HEADER as ID_HEADER
+from gateway.origin import WEBHOOK_SIGNATURE_HEADER as SIGNATURE_HEADER
+from gateway.origin import sign_webhook
 from store import outbox
 from store.webhooks import Job, WebhookStore
 

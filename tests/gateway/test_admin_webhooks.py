@@ -235,3 +235,21 @@ async def test_two_instances_deliver_each_event_once(gateway, origin, http, post
     assert len(ids) == n and len(set(ids)) == n  # each event delivered exactly once
     assert {json.loads(b)['type'] for _, b in receiver.got} == {'paygate.changed'}
     assert sorted(receiver.tries.values()) == [2] * n  # one refused try, one delivery
+
+
+def test_verify_webhook_window_secrets_and_malformed_headers():
+    from gateway.origin import sign_webhook
+    body = b'{"type": "payment.settled"}'
+    header = sign_webhook("new-secret", body, timestamp=1_000_000)
+    assert verify_webhook(["new-secret", "old"], header, body, now=1_000_100) == 1_000_000
+    assert verify_webhook(["old", "new-secret"], header, body, now=1_000_000 - 300)
+    for bad_now in (1_000_301, 999_699):
+        with pytest.raises(WebhookSignatureError, match="tolerance"):
+            verify_webhook("new-secret", header, body, now=bad_now)
+    with pytest.raises(WebhookSignatureError):
+        verify_webhook("new-secret", header, body, tolerance=10, now=1_000_011)
+    for malformed in (None, "", "t=1000000", "v1=ab", "t=abc,v1=00", "t=-5,v1=00"):
+        with pytest.raises(WebhookSignatureError):
+            verify_webhook("new-secret", malformed, body, now=1_000_000)
+    with pytest.raises(WebhookSignatureError):
+        verify_webhook([], header, body, now=1_000_000)
