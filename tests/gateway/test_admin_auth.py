@@ -11,7 +11,6 @@ import pytest
 
 from tests.gateway.admin_support import Signer, make_key, postgres_server, store_config  # noqa: F401
 
-pytestmark = pytest.mark.asyncio
 
 
 def _config(origin_url: str, store: dict) -> dict:

@@ -20,7 +20,6 @@ def tollgate(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.asyncio
 async def test_keys_create_list_revoke(tmp_path, gateway, http):
     db, key_file = tmp_path / "db" / "t.db", tmp_path / "master.key"
     conf = tmp_path / "t.toml"

@@ -10,7 +10,6 @@ import pytest
 from gateway.origin import verify_request
 from tests.gateway.admin_support import Signer, make_key, postgres_server, store_config, fresh_pg_url  # noqa: F401
 
-pytestmark = pytest.mark.asyncio
 
 
 def _file_paygate(origin_url: str) -> dict:

@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestServer
 from gateway.origin import WebhookSignatureError, verify_webhook
 from tests.gateway.admin_support import Signer, fresh_pg_url, make_key, postgres_server, store_config  # noqa: F401
 
-pytestmark = pytest.mark.asyncio
 
 FAST = {"webhook_interval_seconds": 0.02, "webhook_backoff_seconds": 0.01,
         "webhook_backoff_max_seconds": 0.05, "webhook_max_attempts": 3,

@@ -14,7 +14,6 @@ from store import outbox
 from store.schema import webhook_events
 from tests.sessions.conftest import PRICE
 
-pytestmark = pytest.mark.asyncio
 
 
 async def events(engine) -> list[tuple[str, str | None, dict]]:
