@@ -62,6 +62,7 @@ async def regenerate(request: web.Request) -> web.Response:
 
 
 async def set_custom(request: web.Request) -> web.Response:
+    await _own(request)  # 404 before anything about the body
     body, gw = await json_body(request), gw_of(request)
     value, least = body.get("secret"), gw.config.admin.secret_min_length
     if not isinstance(value, str) or len(value) < least or not value.isprintable():
