@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from store.clock import Clock
-from store.schema import paygate_state, runtime_paygates
+from store.schema import origin_secrets, paygate_state, runtime_paygates
 
 
 class PaygateExists(Exception):
@@ -80,7 +80,16 @@ class PaygateStore:
 
     async def apply_config(self, bodies: list[dict[str, Any]]) -> None:
         """Write the config file's paygates by id (source "config"); drop config rows the
-        file no longer has. An API paygate with the same id is replaced: the file wins."""
+        file no longer has. An API paygate with the same id is replaced: the file wins.
+        Instances starting together may race on the same ids: the loser tries again."""
+        for attempt in range(5):
+            try:
+                return await self._apply_config(bodies)
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+
+    async def _apply_config(self, bodies: list[dict[str, Any]]) -> None:
         now = self._clock.now()
         wanted = {b["id"]: b for b in bodies}
         async with self._engine.begin() as conn:
@@ -118,6 +127,10 @@ class PaygateStore:
                 await conn.execute(insert(runtime_paygates).values(
                     id=body["id"], provider=provider, source="api",
                     body=json.dumps(body, sort_keys=True), created_at=now, updated_at=now))
+                # A secret left by an earlier paygate of this id (maybe another provider's)
+                # must not be handed to the new owner: the new paygate gets a fresh one.
+                await conn.execute(delete(origin_secrets)
+                                   .where(origin_secrets.c.paygate_id == body["id"]))
                 await _bump(conn)
                 if emit:
                     await emit(conn)
@@ -145,6 +158,8 @@ class PaygateStore:
                 runtime_paygates.c.id == paygate_id, runtime_paygates.c.source == "api"))
             if done.rowcount != 1:
                 return False
+            await conn.execute(delete(origin_secrets)
+                               .where(origin_secrets.c.paygate_id == paygate_id))
             await _bump(conn)
             if emit:
                 await emit(conn)

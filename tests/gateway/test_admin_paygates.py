@@ -170,3 +170,30 @@ async def test_two_instances_share_runtime_paygates(gateway, origin, http, postg
     # keys are shared too: the same key signs on B
     on_b = Signer(http, b.url, key_id, secret)
     assert (await on_b.call("GET", "/api/v1/paygates")).status == 200
+
+
+async def test_a_deleted_paygates_secret_does_not_pass_to_the_next_owner(setup, http):
+    gw, o, client = setup
+    assert (await client.call("POST", "/api/v1/paygates", _new(o.url))).status == 201
+    old = (await client.call("GET", "/api/v1/paygates/weather/secret")).body["current"]
+    assert (await client.call("DELETE", "/api/v1/paygates/weather")).status == 204
+    other_id, other_secret = await make_key(gw, provider="globex")
+    other = Signer(http, gw.url, other_id, other_secret)
+    assert (await other.call("POST", "/api/v1/paygates", _new(o.url))).status == 201
+    new = (await other.call("GET", "/api/v1/paygates/weather/secret")).body
+    assert new["current"] != old and new["previous"] is None
+    assert (await client.call("GET", "/api/v1/paygates/weather")).status == 404
+
+
+async def test_instances_starting_together_apply_the_config_once(gateway, origin,
+                                                                 postgres_server, tmp_path):
+    url = await fresh_pg_url(postgres_server)
+    o = await origin()
+    cfg = {"database": {"url": url, "master_key_file": str(tmp_path / "shared.key")},
+           "paygates": [_file_paygate(o.url), {**_file_paygate(o.url), "id": "more",
+                                                "prefix": "/more"}]}
+    a, b, c = await asyncio.gather(gateway(cfg), gateway(cfg), gateway(cfg))
+    key_id, secret = await make_key(a, operator=True)
+    async with __import__("aiohttp").ClientSession() as http:
+        listed = await Signer(http, c.url, key_id, secret).call("GET", "/api/v1/paygates")
+    assert sorted(p["id"] for p in listed.body["paygates"]) == ["files", "more"]
