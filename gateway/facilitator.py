@@ -45,8 +45,8 @@ MIN_KEY_LENGTH = 32
 
 def accepted_keys(config: Config) -> dict[str, str]:
     """The bearer keys the facilitator API accepts, by name (the name is what the rate
-    limit counts against). Today: the key in `facilitator.api_key_env`. Further keys
-    (e.g. operator keys) are added here."""
+    limit counts against): the key in `facilitator.api_key_env`. Operator admin keys,
+    which are made at run time, are checked per request instead (`_admit`)."""
     fac = config.facilitator
     value = os.environ.get(fac.api_key_env or "", "")
     if not value:
