@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import time
 
 import pytest
 
@@ -21,7 +22,9 @@ async def pay(http, url: str, devnet, payer, method: str = "GET") -> None:
     async with http.request(method, url) as r:
         assert r.status == 402
         req = requirement_from(r.headers["PAYMENT-REQUIRED"])
-    header = sign_payment(devnet, payer, req)
+    # valid from a minute before the chain's own latest block (its clock may lag ours)
+    latest = int(devnet.request("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+    header = sign_payment(devnet, payer, req, valid_after=min(latest, int(time.time())) - 60)
     async with http.request(method, url, headers={"PAYMENT-SIGNATURE": header}) as r:
         assert r.status == 200, await r.text()
 
