@@ -7,8 +7,9 @@ else (refused connection, timeout, other status, redirect) is retried after
 `backoff * 2**(tries-1)` seconds (at most `webhook_backoff_max_seconds`) with full
 jitter on the upper half, and is `failed` after `webhook_max_attempts` tries. The lease
 outlives one attempt (timeout + margin), so no two instances send the same delivery at
-once; an instance that dies mid-attempt leaves it to be retried when the lease lapses
-(the receiver may then see the event id twice, never two different ids for one event).
+once. An instance that shuts down hands back what it is sending; one that dies
+mid-attempt leaves it to be retried when the lease lapses (the receiver may then see the
+event id twice, never two different ids for one event).
 
 Endpoint URLs that point at private addresses are refused at creation unless
 `server.allow_private_targets`; delivery resolves names through the same guarded
@@ -70,7 +71,14 @@ class Deliverer:
         await self.store.fan_out()
         jobs = await self.store.lease(self.owner, cfg.webhook_timeout_seconds + _LEASE_MARGIN,
                                       _BATCH)
-        await asyncio.gather(*(self.attempt(http, job) for job in jobs))
+        try:
+            await asyncio.gather(*(self.attempt(http, job) for job in jobs))
+        except asyncio.CancelledError:
+            # Shutting down: hand the unfinished ones back at once rather than leave them
+            # leased (another instance would wait for the lease to lapse). A receiver may
+            # have got one already; it is sent again with the same event id.
+            await asyncio.shield(self.store.release([j.delivery_id for j in jobs], self.owner))
+            raise
         return len(jobs)
 
     async def attempt(self, http: aiohttp.ClientSession, job: Job) -> None:

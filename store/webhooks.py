@@ -227,6 +227,16 @@ class WebhookStore:
                 webhook_deliveries.c.state == "pending").values(**values))
         return done.rowcount == 1
 
+    async def release(self, delivery_ids: list[str], owner: str) -> None:
+        """Give back leases without counting a try (the instance is shutting down)."""
+        if not delivery_ids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(update(webhook_deliveries).where(
+                webhook_deliveries.c.id.in_(delivery_ids),
+                webhook_deliveries.c.lease_owner == owner).values(
+                lease_owner=None, lease_until=None))
+
     async def deliveries(self, endpoint_id: str, state: str | None = None,
                          limit: int = 100) -> list[dict[str, Any]]:
         query = (select(webhook_deliveries, webhook_events.c.type)

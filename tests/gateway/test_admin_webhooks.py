@@ -252,3 +252,32 @@ def test_verify_webhook_window_secrets_and_malformed_headers():
             verify_webhook("new-secret", malformed, body, now=1_000_000)
     with pytest.raises(WebhookSignatureError):
         verify_webhook([], header, body, now=1_000_000)
+
+
+async def test_pending_deliveries_survive_a_restart(gateway, origin, http, postgres_server,
+                                                    tmp_path, receiver):
+    url_db = await fresh_pg_url(postgres_server)
+    o = await origin()
+    cfg = {"database": {"url": url_db, "master_key_file": str(tmp_path / "shared.key")},
+           "admin": {**FAST, "webhook_max_attempts": 1000}}
+    a = await gateway(cfg)
+    key_id, secret = await make_key(a, provider="acme")
+    client = Signer(http, a.url, key_id, secret)
+    url = await receiver.start()
+    receiver.mode = "fail"
+    hook = (await client.call("POST", "/api/v1/webhooks", {"url": url})).body["id"]
+    assert (await client.call("POST", "/api/v1/paygates", _pg(o.url))).status == 201
+
+    async def tried():
+        return len(receiver.got) >= 1
+    await until(tried)
+    await a.server.close()  # the instance goes away with the delivery still pending
+    receiver.mode = "ok"
+    b = await gateway(cfg)
+    on_b = Signer(http, b.url, key_id, secret)
+
+    async def delivered():
+        r = await on_b.call("GET", f"/api/v1/webhooks/{hook}/deliveries?state=delivered")
+        return len(r.body["deliveries"]) == 1
+    await until(delivered)
+    assert {json.loads(body)["type"] for _, body in receiver.got} == {"paygate.changed"}
