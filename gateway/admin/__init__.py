@@ -23,12 +23,49 @@ from store.crypto import load_master_key
 from store.paygates import PaygateStore
 
 
-@web.middleware
-async def _signed(request: web.Request, handler):
-    if request.path not in PUBLIC_PATHS:
-        gw, admin = gw_of(request), admin_of(request)
-        request[ADMIN_KEY] = await authenticate(request, admin.keys, gw.engine, gw.clock.now())
-    return await handler(request)
+PREFIX = "/api/v1"
+
+
+def _signed(handler):
+    """The handler, behind X-PAY signature checking (unless its path is public)."""
+    async def run(request: web.Request) -> web.StreamResponse:
+        if request.path not in PUBLIC_PATHS:
+            gw, admin = gw_of(request), admin_of(request)
+            request[ADMIN_KEY] = await authenticate(request, admin.keys, gw.engine,
+                                                    gw.clock.now())
+        return await handler(request)
+    return run
+
+
+class _Mount:
+    """Routes added under PREFIX on the main app, each behind `_signed`. Not a sub-app:
+    a path under the prefix that is no admin route still reaches the proxy (a paygate
+    may own `/api/...`)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    @property
+    def router(self) -> "_Mount":
+        return self
+
+    def _add(self, method: str, path: str, handler) -> None:
+        self._app.router.add_route(method, PREFIX + path, _signed(handler))
+
+    def add_get(self, path, handler):
+        self._add("GET", path, handler)
+
+    def add_post(self, path, handler):
+        self._add("POST", path, handler)
+
+    def add_put(self, path, handler):
+        self._add("PUT", path, handler)
+
+    def add_patch(self, path, handler):
+        self._add("PATCH", path, handler)
+
+    def add_delete(self, path, handler):
+        self._add("DELETE", path, handler)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -63,13 +100,12 @@ async def _purge(gw) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    api = web.Application(middlewares=[_signed])
+    api = _Mount(app)
     keys_api.add_routes(api)
     paygates_api.add_routes(api)
     secrets_api.add_routes(api)
     webhooks_api.add_routes(api)
     usage_api.add_routes(api)
     openapi.add_routes(api)  # public
-    app.add_subapp("/api/v1", api)
     discovery.add_routes(app)  # public
     app.cleanup_ctx.append(_lifecycle)

@@ -197,3 +197,16 @@ async def test_instances_starting_together_apply_the_config_once(gateway, origin
     async with __import__("aiohttp").ClientSession() as http:
         listed = await Signer(http, c.url, key_id, secret).call("GET", "/api/v1/paygates")
     assert sorted(p["id"] for p in listed.body["paygates"]) == ["files", "more"]
+
+
+async def test_a_paygate_under_api_still_gets_its_other_paths(gateway, origin, http):
+    o = await origin()
+    gw = await gateway({"paygates": [{"id": "api", "prefix": "/api", "target": o.url,
+                                      "default_units": 0}]})
+    async with http.get(gw.url + "/api/v1/flights") as r:
+        assert r.status == 200  # proxied: no admin route has this path
+    assert o.requests[-1].path == "/v1/flights"
+    async with http.post(gw.url + "/api/v1/usage") as r:
+        assert r.status == 200  # the admin route is GET only: POST is the paygate's
+    async with http.get(gw.url + "/api/v1/paygates") as r:
+        assert r.status == 401  # the admin API's own path
