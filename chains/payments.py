@@ -38,6 +38,7 @@ from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store import outbox
 from store.clock import Clock
 from store.schema import payment_responses, payments
 
@@ -258,6 +259,8 @@ class PaymentStore:
         async with self._engine.begin() as conn:
             res = await conn.execute(update(payments).where(
                 payments.c.id == payment_id, payments.c.state.in_(olds)).values(**values))
+            if res.rowcount == 1:
+                await outbox.payment_finished(conn, payment_id, new)
         return res.rowcount == 1
 
     async def set_tx_hash(self, payment_id: str, tx_hash: str, raw_tx: bytes | None = None) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway import facilitator, health, proxy, sessions_api, wallet
+from gateway import admin, facilitator, health, proxy, sessions_api, wallet
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
 from gateway.forward import GuardedResolver
@@ -74,10 +74,10 @@ def add_proxy_routes(app: web.Application) -> None:
 def _lifecycle(config: Config, clock: Clock):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(config.database.url)
+        resolver = GuardedResolver(_private_ok(config))
         http = aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60,
-                                           resolver=GuardedResolver(_private_ok(config))))
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, resolver=resolver))
         try:
             if is_sqlite(engine):
                 await migrations.migrate(engine)
@@ -95,7 +95,7 @@ def _lifecycle(config: Config, clock: Clock):
                             f"{pg.origin_auth.secret_env} is not set")
                 await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
             gw = Gateway(config=config, router=Router(config.paygates), engine=engine,
-                         secret_store=secret_store, clock=clock, http=http)
+                         secret_store=secret_store, clock=clock, http=http, resolver=resolver)
             app[GATEWAY] = gw  # first, so a failure below still closes what was started
             await evm_chains(gw)
             await build_rails(gw)
@@ -133,5 +133,6 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     facilitator.add_routes(app)
     sessions_api.add_routes(app)
     wallet.add_routes(app)  # the wallet page at /, /api/paygates, /api/wallet/*
+    admin.add_routes(app)
     add_proxy_routes(app)
     return app

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway import cli_tools  # the chain-facing commands: devnet, demo, pay
     cli_tools.register(sub)
+    from gateway.admin import cli_keys  # admin API keys
+    cli_keys.register(sub)
     return parser
 
 

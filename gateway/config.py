@@ -296,6 +296,8 @@ class PaygateConfig(_Model):
     max_request_bytes: ByteSize | None = None
     allow_private_target: bool | None = None
     origin_auth: OriginAuthConfig = OriginAuthConfig()
+    provider: str | None = None  # the provider whose admin keys manage it (None: operator)
+    discoverable: bool = True  # listed in the public discovery document
 
     @field_validator("id")
     @classmethod
@@ -312,6 +314,13 @@ class PaygateConfig(_Model):
         return v.rstrip("/") or "/"
 
     _target = field_validator("target")(_check_http_url)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        if v is not None and not _ID.fullmatch(v):
+            raise ValueError("must be lowercase letters, digits, - or _ (at most 63)")
+        return v
 
     @model_validator(mode="after")
     def _rails_have_prices(self) -> "PaygateConfig":
@@ -336,6 +345,18 @@ class WalletConfig(_Model):
     walletconnect_project_id: str | None = None
 
 
+class AdminConfig(_Model):
+    """The signed admin API (`/api/v1/`) and webhook delivery."""
+
+    poll_seconds: float = Field(2.0, gt=0)  # how soon other instances see paygate changes
+    secret_min_length: int = Field(24, ge=16)  # custom origin secrets (PATCH .../secret)
+    webhook_interval_seconds: float = Field(1.0, gt=0)  # delivery worker's poll
+    webhook_timeout_seconds: float = Field(10.0, gt=0)  # one delivery attempt
+    webhook_max_attempts: int = Field(8, ge=1)  # then the delivery is `failed`
+    webhook_backoff_seconds: float = Field(2.0, gt=0)  # first retry; doubles, with jitter
+    webhook_backoff_max_seconds: float = Field(900.0, gt=0)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     replay: ReplayConfig = ReplayConfig()
@@ -346,6 +367,7 @@ class Config(_Model):
     paygates: list[PaygateConfig] = []
     facilitator: FacilitatorConfig = FacilitatorConfig()
     wallet: WalletConfig = WalletConfig()
+    admin: AdminConfig = AdminConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

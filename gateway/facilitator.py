@@ -45,8 +45,8 @@ MIN_KEY_LENGTH = 32
 
 def accepted_keys(config: Config) -> dict[str, str]:
     """The bearer keys the facilitator API accepts, by name (the name is what the rate
-    limit counts against). Today: the key in `facilitator.api_key_env`. Further keys
-    (e.g. operator keys) are added here."""
+    limit counts against): the key in `facilitator.api_key_env`. Operator admin keys,
+    which are made at run time, are checked per request instead (`_admit`)."""
     fac = config.facilitator
     value = os.environ.get(fac.api_key_env or "", "")
     if not value:
@@ -92,11 +92,18 @@ async def _start(app: web.Application) -> None:
                                                gw.clock))
 
 
-def _admit(request: web.Request) -> None:
+async def _admit(request: web.Request) -> None:
     access = request.app.get(ACCESS)
     if access is None:
         raise NotFound("no such resource")
-    name = access.admit(request.headers.get("Authorization"))
+    try:
+        name = access.admit(request.headers.get("Authorization"))
+    except Unauthorized:
+        # An operator admin key (`Bearer pk_...:<secret>`) is accepted too.
+        from gateway.admin.bearer import operator_bearer
+        name = await operator_bearer(request)
+        if name is None:
+            raise
     access.limiter.check(name)
 
 
@@ -163,7 +170,7 @@ async def _verify(request: web.Request, payload: dict[str, Any], req: PaymentReq
 
 
 async def verify(request: web.Request) -> web.Response:
-    _admit(request)
+    await _admit(request)
     _version, payload, req, _evm = await _read(request)
     try:
         vp = await _verify(request, payload, req)
@@ -176,7 +183,7 @@ async def verify(request: web.Request) -> web.Response:
 
 
 async def settle(request: web.Request) -> web.Response:
-    _admit(request)
+    await _admit(request)
     version, payload, req, evm = await _read(request)
     try:
         vp = await _verify(request, payload, req)
@@ -207,7 +214,7 @@ async def settle(request: web.Request) -> web.Response:
 
 
 async def supported(request: web.Request) -> web.Response:
-    _admit(request)
+    await _admit(request)
     gw = request.app[GATEWAY]
     settled = {a.network for a in _settled_assets(gw.config)}
     kinds, signers = [], {}

@@ -31,6 +31,7 @@ class Gateway:
     rails: dict[str, Rail] = field(default_factory=dict)
     evm: Any = None  # gateway.rails.evm.EvmChains when [evm] networks are configured
     hedera: Any = None  # gateway.rails.registry.HederaLink when a Hedera rail is configured
+    resolver: Any = None  # gateway.forward.GuardedResolver of `http` (runtime paygates widen it)
     _secrets: dict[str, tuple[float, OriginSecrets]] = field(default_factory=dict)
 
     async def origin_secrets(self, paygate_id: str) -> OriginSecrets:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sessions.lifecycle import LIVE_STATES
 from sessions.records import SESSION_VIEW, Session
+from store import outbox
 from store.clock import Clock
 from store.schema import session_allowances as allowances
 from store.schema import session_charges, sessions
@@ -138,6 +139,7 @@ class Ledger:
                 counted = await conn.execute(_COUNT_CALL, {"sid": session_id, "amount": amount})
                 if counted.rowcount != 1:
                     raise _NoFunds
+                await outbox.allowance_charged(conn, session_id, int(row.left), amount)
                 return Charged(charge_id, int(row.left))
         except _NoFunds:
             async with self._engine.connect() as conn:

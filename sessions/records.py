@@ -21,6 +21,7 @@ from sessions.lifecycle import (
     can_transition,
     hash_token,
 )
+from store import outbox
 from store.clock import Clock
 from store.schema import (
     session_allowances,
@@ -137,6 +138,8 @@ class SessionRecords:
                 lease_until=None))
             await upsert_in(conn, owner=owner, spender=spender, allowance=allowance,
                             read_at=now if read_at is None else read_at)
+            await outbox.emit(conn, "session.activated", paygate_id=paygate_id, now=now,
+                              data={"session": sid, "owner": owner, "expires_at": now + ttl})
         return await self.get(sid)
 
     # -- sessions -----------------------------------------------------------------------
@@ -162,6 +165,8 @@ class SessionRecords:
         async with self._engine.begin() as conn:
             res = await conn.execute(update(sessions).where(
                 sessions.c.id == session_id, sessions.c.state.in_(olds)).values(**values))
+            if res.rowcount == 1:
+                await outbox.session_moved(conn, session_id, new)
         return res.rowcount == 1
 
     async def apply_mirror(self, session_id: str, *, allowance: int | None,

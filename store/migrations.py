@@ -120,6 +120,9 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "payments: persisted signed tx, lease owner, authorization expiry",
               lambda conn: _add_missing_columns(conn, "payments",
                                                 ("raw_tx", "lease_owner", "valid_before"))),
+    Migration(7, "admin API keys, runtime paygates, webhooks", _create(
+        "api_keys", "admin_signatures", "runtime_paygates", "paygate_state",
+        "webhook_endpoints", "webhook_events", "webhook_deliveries")),
 ]
 
 

@@ -227,3 +227,90 @@ session_allowances = Table(
     Column("refused_at", Float, nullable=True),
     Column("refusals", Integer, nullable=False, default=0),
 )
+
+# --- Provider admin API (migration 7) ---------------------------------------------------
+
+# Admin API keys: `pk_<24 hex>` with a sealed secret; `provider` scopes a provider key
+# (NULL with operator = 1: sees everything). Rotation keeps the previous secret valid
+# until `previous_valid_until`.
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("provider", String(64), nullable=True),
+    Column("operator", Integer, nullable=False),
+    Column("secret_sealed", Text, nullable=False),
+    Column("previous_sealed", Text, nullable=True),
+    Column("previous_valid_until", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+# Admin request signatures seen inside the timestamp window: the INSERT is the replay
+# guard shared by every instance on the database. Rows past `expires_at` are purged.
+admin_signatures = Table(
+    "admin_signatures", metadata,
+    Column("signature", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+# Paygates every instance routes: the config file's (`source` = "config", written at start
+# by id) and the admin API's (`source` = "api"). `body` is the paygate as JSON, in the
+# config file's shape. `paygate_state.version` is bumped in the same transaction as any
+# change; instances poll it and rebuild their router when it moves.
+runtime_paygates = Table(
+    "runtime_paygates", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("provider", String(64), nullable=True, index=True),
+    Column("source", String(16), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+paygate_state = Table(
+    "paygate_state", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
+# Webhooks: endpoints per provider, an outbox of events (written in the transaction that
+# caused them), and one delivery per (event, endpoint), leased by the instance sending it.
+webhook_endpoints = Table(
+    "webhook_endpoints", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("provider", String(64), nullable=True, index=True),
+    Column("url", Text, nullable=False),
+    Column("secret_sealed", Text, nullable=False),
+    Column("events", Text, nullable=False),  # JSON list; ["*"] = every event
+    Column("low_threshold", BigInteger, nullable=True),  # allowance.low below this (atomic)
+    Column("enabled", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+webhook_events = Table(
+    "webhook_events", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("paygate_id", String(64), nullable=True),
+    Column("provider", String(64), nullable=True),
+    Column("data", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("fanned_out", Integer, nullable=False, index=True),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("event_id", String(32), nullable=False, index=True),
+    Column("endpoint_id", String(32), nullable=False, index=True),
+    Column("state", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False, index=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(200), nullable=True),
+    Column("delivered_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_delivery"),
+)

@@ -76,9 +76,11 @@ class SecretStore:
             return await self.rotate(paygate_id, wanted, grace_seconds)
         return existing
 
-    async def rotate(self, paygate_id: str, value: str | None, grace_seconds: int) -> OriginSecrets:
+    async def rotate(self, paygate_id: str, value: str | None, grace_seconds: int,
+                     emit=None) -> OriginSecrets:
         """Install `value` (or a random secret) as current; the old current stays valid
-        for `grace_seconds`."""
+        for `grace_seconds`. `emit(conn)` runs inside the rotation's transaction (the
+        outbox event)."""
         existing = await self.get(paygate_id)
         if existing is None:
             return await self.ensure(paygate_id, value, grace_seconds)
@@ -90,4 +92,6 @@ class SecretStore:
                 .values(current_sealed=self._box.seal(value),
                         previous_sealed=self._box.seal(existing.current) if until else None,
                         previous_valid_until=until, rotated_at=self._clock.now()))
+            if emit is not None:
+                await emit(conn)
         return OriginSecrets(value, existing.current if until else None, until)

@@ -1,0 +1,106 @@
+"""The webhook outbox: events written in the transaction of the change that caused them.
+
+    await emit(conn, "session.revoked", paygate_id="skyroute", data={...})
+
+`conn` is the caller's open transaction: the event exists if and only if the change
+commits. The delivery worker (gateway.webhooks) fans events out to the endpoints that
+want them and delivers them later; writing an event costs one INSERT and nothing else,
+so the paths that emit (charges, settlements) stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.schema import webhook_events
+
+EVENT_TYPES = (
+    "session.activated", "session.revoked", "session.expired",
+    "allowance.low", "allowance.exhausted",
+    "payment.settled", "payment.failed",
+    "secret.rotated", "paygate.changed",
+)
+
+
+async def emit(conn: AsyncConnection, event_type: str, *, paygate_id: str | None = None,
+               provider: str | None = None, data: dict[str, Any],
+               now: float | None = None) -> str:
+    """Add one event to the outbox inside `conn`'s transaction; returns its id.
+    `provider` may be left out: the worker finds it from the paygate."""
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    event_id = "evt_" + secrets.token_hex(12)
+    await conn.execute(insert(webhook_events).values(
+        id=event_id, type=event_type, paygate_id=paygate_id, provider=provider,
+        data=json.dumps(data, sort_keys=True, default=str),
+        created_at=time.time() if now is None else now, fanned_out=0))
+    return event_id
+
+
+# Thresholds (atomic units) below which some endpoint wants `allowance.low`; refreshed by
+# each instance's delivery worker, so a charge checks a tuple instead of a table.
+_low_thresholds: tuple[int, ...] = ()
+
+
+def set_low_thresholds(values) -> None:
+    global _low_thresholds
+    _low_thresholds = tuple(sorted({int(v) for v in values if v is not None}))
+
+
+async def allowance_charged(conn: AsyncConnection, session_id: str, left: int,
+                            amount: int) -> None:
+    """After a session charge (inside its transaction): `allowance.low` when what is left
+    fell below a threshold some endpoint set. Costs nothing unless a threshold is crossed."""
+    before = left + amount
+    if not any(left < t <= before for t in _low_thresholds):
+        return
+    from sqlalchemy import select
+
+    from store.schema import sessions
+    row = (await conn.execute(select(sessions.c.paygate_id, sessions.c.owner)
+                              .where(sessions.c.id == session_id))).first()
+    if row is not None:
+        await emit(conn, "allowance.low", paygate_id=row.paygate_id, data={
+            "session": session_id, "owner": row.owner, "remaining": left, "previous": before})
+
+
+async def session_moved(conn: AsyncConnection, session_id: str, new_state: str) -> None:
+    """After a session's state changed (inside that transaction): its event, if any."""
+    event = {"active": None, "revoked": "session.revoked", "expired": "session.expired",
+             "exhausted": "allowance.exhausted"}.get(new_state)
+    if event is None:
+        return
+    from sqlalchemy import select
+
+    from store.schema import sessions
+    row = (await conn.execute(select(sessions.c.paygate_id, sessions.c.owner, sessions.c.spent,
+                                     sessions.c.calls).where(sessions.c.id == session_id))
+           ).first()
+    if row is not None:
+        await emit(conn, event, paygate_id=row.paygate_id, data={
+            "session": session_id, "owner": row.owner, "state": new_state,
+            "spent": int(row.spent), "calls": int(row.calls)})
+
+
+async def payment_finished(conn: AsyncConnection, payment_id: str, new_state: str) -> None:
+    """After an x402 payment reached `settled` or `failed` (inside that transaction)."""
+    if new_state not in ("settled", "failed"):
+        return
+    from sqlalchemy import select
+
+    from store.schema import payments
+    row = (await conn.execute(select(
+        payments.c.paygate_id, payments.c.rail, payments.c.network, payments.c.asset,
+        payments.c.payer, payments.c.pay_to, payments.c.amount, payments.c.tx_hash,
+        payments.c.error).where(payments.c.id == payment_id))).first()
+    if row is not None:
+        await emit(conn, f"payment.{new_state}", paygate_id=row.paygate_id, data={
+            "payment": payment_id, "rail": row.rail, "network": row.network,
+            "asset": row.asset, "payer": row.payer, "pay_to": row.pay_to,
+            "amount": str(int(row.amount)), "tx_hash": row.tx_hash, "error": row.error})
