@@ -89,14 +89,17 @@ def request_headers_for_origin(
 
 def response_headers_for_client(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     items = upstream.items() if isinstance(upstream, Mapping) else upstream
-    drop = set(HOP_BY_HOP)
-    items = list(items)
+    kept = []
+    named: set[str] = set()  # header names the Connection header lists
     for name, value in items:
-        if name.lower() == "connection":
-            drop |= {t.strip().lower() for t in value.split(",") if t.strip()}
+        lname = name.lower()
+        if lname == "connection":
+            named.update(t.strip().lower() for t in value.split(",") if t.strip())
+        if lname not in HOP_BY_HOP:
+            kept.append((lname, name, value))
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
+    for lname, name, value in kept:
+        if lname not in named:
             out.add(name, value)
     return out
 

@@ -39,15 +39,33 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
-from gateway.routing import Match, path_problem, strip_prefix
+from gateway.routing import Match, Router, path_problem, strip_prefix
 from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("tollgate.proxy")
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-# The path rule is a pure function of the raw path, and most traffic repeats a few paths.
-_path_problem = lru_cache(maxsize=4096)(path_problem)
+# The path rule is a pure function of the raw path, and most traffic repeats a few paths:
+# remembered for short paths only, so the cache stays small whatever callers send.
+_cached_path_problem = lru_cache(maxsize=4096)(path_problem)
+
+
+def _path_problem(raw_path: str) -> str | None:
+    return _cached_path_problem(raw_path) if len(raw_path) <= 256 else path_problem(raw_path)
+
+
+@lru_cache(maxsize=4096)
+def _cached_match(router: Router, method: str, host: str, path: str) -> Match | None:
+    return router.match(method, host, path)
+
+
+def _match(router: Router, method: str, host: str, path: str) -> Match | None:
+    """Router.match, remembered per router for short paths (a Router and its config are
+    immutable: a new config builds a new Router, which misses this cache)."""
+    if len(path) + len(host) <= 256:
+        return _cached_match(router, method, host, path)
+    return router.match(method, host, path)
 
 
 class _Body:
@@ -87,7 +105,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if problem is not None:
         raise BadRequest(problem, code="invalid_path")
     forward.check_headers(request.headers.items())
-    match = gw.router.match(request.method, request.host, path)
+    match = _match(gw.router, request.method, request.host, path)
     if match is None:
         raise NotFound(f"no paygate serves {path}")
     pg = match.paygate
@@ -96,11 +114,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if length is not None and length > cap:
         raise PayloadTooLarge(f"request body is larger than {cap} bytes")
     body = _Body(request, cap)
+    if match.units == 0:
+        return await _forward(request, gw, match, body, None, None)
+
     path_qs = request.raw_path
     priced = Priced(pg, match.units, gw.resource_url(request), request.method, path_qs)
-
-    if match.units == 0:
-        return await _forward(request, gw, match, body, None, priced)
 
     rails = [gw.rails[name] for name in pg.rails]
     rail = next((r for r in rails if r.carries_payment(request.headers)), None)
@@ -140,7 +158,9 @@ def _replay(stored: StoredResponse) -> web.Response:
 
 
 async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
-                   charge: Charge | None, priced: Priced) -> web.StreamResponse:
+                   charge: Charge | None, priced: Priced | None) -> web.StreamResponse:
+    """Forward to the origin and stream its answer back; `charge` and `priced` are None
+    on a free route."""
     pg = match.paygate
     upstream_url, upstream_path_qs = _upstream_target(pg.target, pg.prefix, request.raw_path,
                                                       match.subpath)
