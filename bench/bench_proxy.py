@@ -3,6 +3,7 @@ throughput, latency at concurrency 1, gateway CPU per request, time to ready, an
 
 Usage: python bench/bench_proxy.py [--seconds S] [--rounds N] [--bare PATH]
                                    [--body BYTES] [--mode request|hmac] [--profile FILE]
+                                   [--compare SOURCE_TREE]
 
 Processes: an aiohttp origin, the bare proxy (`--bare`, bench/bare_proxy.py by default)
 and `python -m gateway serve` with one free paygate (default_units = 0, no rails, fresh
@@ -13,6 +14,8 @@ are the median over the rounds. CPU per request is the server process's utime + 
 (/proc/<pid>/stat, all threads) over the 32-connection run divided by its requests.
 `--body` sends a POST body of that many bytes instead of a GET (the body-hashing path).
 Time to ready: process start to the first /readyz 200, polled every 5 ms (median of 5).
+`--compare` also runs the gateway of another source tree (an older commit, exported)
+in the same rounds, as "free route (compare)", for before/after figures from one run.
 `--profile FILE` records py-spy (raw, all threads) of the gateway during one 32-connection
 run instead of the measurements.
 """
@@ -75,8 +78,10 @@ def pinned(args: list[str], core: str) -> list[str]:
     return ["taskset", "-c", core, *args] if shutil.which("taskset") else args
 
 
-def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(pinned(args, SERVER_CORE), cwd=REPO, env=env,
+def spawn(args: list[str], log: Path, env: dict | None = None,
+          cwd: Path = REPO) -> subprocess.Popen:
+    # `python -m` puts the working directory first on sys.path: it picks the source tree
+    return subprocess.Popen(pinned(args, SERVER_CORE), cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -189,6 +194,7 @@ def main() -> None:
     ap.add_argument("--mode", default="request")
     ap.add_argument("--profile")
     ap.add_argument("--ready-runs", type=int, default=5)
+    ap.add_argument("--compare")
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
@@ -212,6 +218,15 @@ def main() -> None:
             procs.append(gw := spawn(gateway_cmd(config), work / "g.log", env))
             wait_200(f"http://127.0.0.1:{gport}/readyz", gw)
             gurl = f"http://127.0.0.1:{gport}/free/v1/flights"
+            if args.compare:
+                cwork = work / "compare"
+                cwork.mkdir()
+                cport = free_port()
+                cenv = dict(env, PYTHONPATH=str(Path(args.compare).resolve()))
+                procs.append(cgw := spawn(gateway_cmd(gateway_config(cwork, cport, origin,
+                                                                     args.mode)),
+                                          work / "c.log", cenv, Path(args.compare).resolve()))
+                wait_200(f"http://127.0.0.1:{cport}/readyz", cgw)
             if args.profile:
                 wrk(gurl, 32, 1, args.body)
                 spy = subprocess.Popen(pinned([str(Path(sys.executable).parent / "py-spy"),
@@ -226,6 +241,9 @@ def main() -> None:
                 measure("bare proxy", f"http://127.0.0.1:{bport}/v1/flights", bare.pid, args,
                         paths)
                 measure("free route", gurl, gw.pid, args, paths)
+                if args.compare:
+                    measure("free route (compare)", f"http://127.0.0.1:{cport}/free/v1/flights",
+                            cgw.pid, args, paths)
             rss = rss_mb(gw.pid)
             stop(gw)
             ready = []
@@ -247,10 +265,10 @@ def main() -> None:
         return
     med = {n: {k: statistics.median(v) for k, v in row.items()} for n, row in paths.items()}
     bare_row, free = med["bare proxy"], med["free route"]
-    print(f"{'path':12} {'req/s c32':>10} {'x bare':>7} {'p50 c1 ms':>10} {'p99 c32 ms':>11} "
+    print(f"{'path':20} {'req/s c32':>10} {'x bare':>7} {'p50 c1 ms':>10} {'p99 c32 ms':>11} "
           f"{'CPU us/req':>11}")
     for n, r in med.items():
-        print(f"{n:12} {r['rps']:10,.0f} {r['rps'] / bare_row['rps']:7.2f} {r['p50_1']:10.3f} "
+        print(f"{n:20} {r['rps']:10,.0f} {r['rps'] / bare_row['rps']:7.2f} {r['p50_1']:10.3f} "
               f"{r['p99_32']:11.2f} {r['cpu_us']:11.0f}")
     print(f"added p50 at c1: {free['p50_1'] - bare_row['p50_1']:.3f} ms")
     print("raw:", json.dumps(paths))
