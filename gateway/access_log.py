@@ -30,10 +30,14 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         try:
             v = request.version
-            self.logger.info(
-                f'{request.remote or "-"} "{request.method} {request.path_qs} '
-                f'HTTP/{v.major}.{v.minor}" {response.status} {response.body_length} '
-                f'{time:06f}s')
+            line = (f'{request.remote or "-"} "{request.method} {request.path_qs} '
+                    f'HTTP/{v.major}.{v.minor}" {response.status} {response.body_length} '
+                    f'{time:06f}s')
+            handler = _only_handler(self.logger)
+            if handler is not None:
+                handler.emit_info(self.logger.name, line)
+            else:
+                self.logger.info(line)
         except Exception:  # a log line must never fail the request
             self.logger.exception("error in the access log")
 
@@ -48,6 +52,31 @@ def lean_log_records() -> None:
     logging._srcfile = None
 
 
+# The format `tollgate serve` logs with (logging.basicConfig in gateway.cli).
+SERVE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _only_handler(logger: logging.Logger) -> "BatchedStreamHandler | None":
+    """The handler an INFO record of `logger` would reach, when that is one batched
+    handler with the serve format and nothing on the way filters or adds handlers: the
+    line it would write can then be written without a LogRecord."""
+    found = None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters:
+            return None
+        for h in node.handlers:
+            if found is not None or type(h) is not BatchedStreamHandler or not h.plain:
+                return None
+            found = h
+        if not node.propagate:
+            break
+        node = node.parent
+    if found is None or found.level > logging.INFO or logging.root.manager.disable >= logging.INFO:
+        return None
+    return found
+
+
 class _SecondCachedFormatter(logging.Formatter):
     """`%(asctime)s` as logging.Formatter writes it, the date part built once a second
     (local-time offsets change on whole seconds, so the cache is exact)."""
@@ -58,11 +87,15 @@ class _SecondCachedFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self.time_text(record.created)
+
+    def time_text(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
-            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._text = time.strftime(self.default_time_format, self.converter(created))
             self._second = second
-        return self.default_msec_format % (self._text, record.msecs)
+        # as LogRecord computes msecs
+        return self.default_msec_format % (self._text, int((created - second) * 1000))
 
 
 class BatchedStreamHandler(logging.StreamHandler):
@@ -76,13 +109,33 @@ class BatchedStreamHandler(logging.StreamHandler):
         self._lines: list[str] = []
         self._armed = False
 
+    @property
+    def plain(self) -> bool:
+        """No filters and the serve format: `emit_info` writes what `emit` would."""
+        return (not self.filters and isinstance(self.formatter, _SecondCachedFormatter)
+                and self.formatter._fmt == SERVE_FORMAT)
+
+    def emit_info(self, name: str, message: str) -> None:
+        """The line `emit` writes for an INFO record of logger `name` (see `plain`)."""
+        now = time.time()
+        self.acquire()
+        try:
+            stamp = self.formatter.time_text(now)
+            self._add(f"{stamp} INFO {name} {message}", logging.INFO)
+        finally:
+            self.release()
+
     def emit(self, record: logging.LogRecord) -> None:  # called with the handler's lock held
         try:
-            self._lines.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING or len(self._lines) >= self._max:
+        self._add(line, record.levelno)
+
+    def _add(self, line: str, level: int) -> None:
+        self._lines.append(line)
+        if level >= logging.WARNING or len(self._lines) >= self._max:
             self._write()
             return
         if not self._armed:

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the format gateway.access_log.SERVE_FORMAT names (not imported: it loads aiohttp)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for chatty in ("httpx", "httpcore", "aiohttp.access" if args.command == "demo" else ""):
         if chatty:
