@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the format gateway.access_log.SERVE_FORMAT names (not imported: it loads aiohttp)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for chatty in ("httpx", "httpcore", "aiohttp.access" if args.command == "demo" else ""):
         if chatty:
@@ -74,15 +75,18 @@ def cmd_serve(args) -> int:
 
     from aiohttp import web
 
+    from gateway.access_log import AccessLogger, batch_stderr_logging, lean_log_records
     from gateway.app import create_app
 
     server = config.server.model_copy(update={k: v for k, v in
                                               (("host", args.host), ("port", args.port)) if v})
     config = config.model_copy(update={"server": server})
     app = create_app(config)
+    lean_log_records()
+    batch_stderr_logging()
     web.run_app(app, host=config.server.host, port=config.server.port,
                 shutdown_timeout=config.server.shutdown_grace_seconds, print=_announce(config),
-                access_log_format='%a "%r" %s %b %Tfs')
+                access_log_class=AccessLogger)
     return 0
 
 

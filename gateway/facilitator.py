@@ -25,7 +25,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from chains.evm.rpc import RpcUnavailable
 from chains.x402 import (
     INVALID_NETWORK,
     INVALID_PAYMENT_REQUIREMENTS,
@@ -199,6 +198,8 @@ async def settle(request: web.Request) -> web.Response:
 
     async def noop(*_tx) -> None:
         return None
+
+    from chains.evm.rpc import RpcUnavailable  # loaded with the EVM networks already
 
     try:
         outcome = await evm.settle(stored, noop)

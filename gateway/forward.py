@@ -33,6 +33,7 @@ _CALLER_MUST_NOT_SET = frozenset({
     "x-forwarded-proto", "x-forwarded-host", "forwarded",
 })
 _GATEWAY_PREFIXES = ("x-tollgate-", "sigwei-")
+_REQUEST_DROP = HOP_BY_HOP | _CALLER_MUST_NOT_SET
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e]*")
@@ -58,20 +59,26 @@ def request_headers_for_origin(
 ) -> CIMultiDict[str]:
     """The caller's headers minus hop-by-hop, gateway-owned and credential headers, plus
     X-Forwarded-For (appended), X-Forwarded-Proto and X-Forwarded-Host."""
-    incoming = list(incoming)
-    drop = set(HOP_BY_HOP) | _CALLER_MUST_NOT_SET | {s.lower() for s in strip}
-    for name, value in incoming:
-        if name.lower() == "connection":
-            drop |= {t.strip().lower() for t in value.split(",") if t.strip()}
-    out: CIMultiDict[str] = CIMultiDict()
+    drop = _REQUEST_DROP
+    extra: set[str] = {s.lower() for s in strip} if strip else set()
+    kept = []
     forwarded_for = []
     for name, value in incoming:
         lname = name.lower()
+        if lname == "connection":
+            extra.update(t.strip().lower() for t in value.split(",") if t.strip())
         if lname in drop or lname.startswith(_GATEWAY_PREFIXES):
             continue
         if lname == "x-forwarded-for":
             forwarded_for.append(value)
             continue
+        kept.append((lname, name, value))
+    if extra:  # named by Connection or by the rail: hop-by-hop / not for the origin
+        kept = [h for h in kept if h[0] not in extra]
+        if "x-forwarded-for" in extra:
+            forwarded_for = []
+    out: CIMultiDict[str] = CIMultiDict()
+    for _, name, value in kept:
         out.add(name, value)
     forwarded_for.append(client_ip)
     out["X-Forwarded-For"] = ", ".join(forwarded_for)
@@ -82,14 +89,17 @@ def request_headers_for_origin(
 
 def response_headers_for_client(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     items = upstream.items() if isinstance(upstream, Mapping) else upstream
-    drop = set(HOP_BY_HOP)
-    items = list(items)
+    kept = []
+    named: set[str] = set()  # header names the Connection header lists
     for name, value in items:
-        if name.lower() == "connection":
-            drop |= {t.strip().lower() for t in value.split(",") if t.strip()}
+        lname = name.lower()
+        if lname == "connection":
+            named.update(t.strip().lower() for t in value.split(",") if t.strip())
+        if lname not in HOP_BY_HOP:
+            kept.append((lname, name, value))
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
+    for lname, name, value in kept:
+        if lname not in named:
             out.add(name, value)
     return out
 

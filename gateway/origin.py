@@ -268,6 +268,12 @@ def request_signature_from_digest(
     """``X-Tollgate-Signature`` value ("v1=<hex>") for a body given by its digest."""
     canonical = request_canonical_from_digest(method, path_qs, timestamp, request_id,
                                               body_sha256_hex, legacy_path_line=legacy_path_line)
+    return signature_of_canonical(secret, canonical)
+
+
+def signature_of_canonical(secret: str, canonical: bytes) -> str:
+    """``X-Tollgate-Signature`` value ("v1=<hex>") of a canonical string built by
+    ``request_canonical_from_digest``."""
     return SIGNATURE_VERSION + hmac.new(_key(secret), canonical, hashlib.sha256).hexdigest()
 
 

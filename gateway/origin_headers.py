@@ -15,6 +15,7 @@ from gateway.origin import (
     request_canonical_from_digest,
     request_header_names,
     request_signature_from_digest,
+    signature_of_canonical,
 )
 
 
@@ -66,9 +67,11 @@ def origin_auth_headers(
     sig_name, ts_name, id_name = request_header_names(header_prefix)
     headers[ts_name] = ts
     headers[id_name] = request_id
-    headers[sig_name] = request_signature_from_digest(
-        secret, method, path_qs, ts, request_id, body_sha256_hex,
-        legacy_path_line=legacy_path_line)
     canonical = request_canonical_from_digest(method, path_qs, ts, request_id, body_sha256_hex)
+    if legacy_path_line:  # the signature's canonical string differs from the context's
+        headers[sig_name] = request_signature_from_digest(
+            secret, method, path_qs, ts, request_id, body_sha256_hex, legacy_path_line=True)
+    else:  # the same canonical string: built (and checked) once
+        headers[sig_name] = signature_of_canonical(secret, canonical)
     headers[HEADER_CONTEXT] = context_signature(secret, canonical, context)
     return headers

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from functools import lru_cache
 
 import aiohttp
 from aiohttp import web
@@ -38,12 +39,33 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
-from gateway.routing import Match, path_problem, strip_prefix
+from gateway.routing import Match, Router, path_problem, strip_prefix
 from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("tollgate.proxy")
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+# The path rule is a pure function of the raw path, and most traffic repeats a few paths:
+# remembered for short paths only, so the cache stays small whatever callers send.
+_cached_path_problem = lru_cache(maxsize=4096)(path_problem)
+
+
+def _path_problem(raw_path: str) -> str | None:
+    return _cached_path_problem(raw_path) if len(raw_path) <= 256 else path_problem(raw_path)
+
+
+@lru_cache(maxsize=4096)
+def _cached_match(router: Router, method: str, host: str, path: str) -> Match | None:
+    return router.match(method, host, path)
+
+
+def _match(router: Router, method: str, host: str, path: str) -> Match | None:
+    """Router.match, remembered per router for short paths (a Router and its config are
+    immutable: a new config builds a new Router, which misses this cache)."""
+    if len(path) + len(host) <= 256:
+        return _cached_match(router, method, host, path)
+    return router.match(method, host, path)
 
 
 class _Body:
@@ -53,18 +75,25 @@ class _Body:
     def __init__(self, request: web.Request, cap: int) -> None:
         self._request = request
         self._cap = cap
-        self._data: bytes | None = None
+        # no Content-Length and not chunked: the body is empty, nothing to read
+        self._data: bytes | None = None if request.body_exists else b""
 
     async def read(self) -> bytes:
         if self._data is None:
             self._data = await forward.read_capped(self._request.content.iter_any(), self._cap)
         return self._data
 
+    def sha256_hex(self) -> str | None:
+        """The body's digest when it is already known (read, or empty), else None."""
+        if self._data is None:
+            return None
+        return _EMPTY_SHA256 if not self._data else hashlib.sha256(self._data).hexdigest()
+
     def payload(self):
-        if self._data is not None:
-            return self._data
         if not self._request.body_exists:
             return None
+        if self._data is not None:
+            return self._data
         return forward.capped_stream(self._request.content.iter_any(), self._cap)
 
 
@@ -72,11 +101,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     path = request.path
     # The path rule: refuse, before pricing, any spelling an origin could route elsewhere.
-    problem = path_problem(request.rel_url.raw_path)
+    problem = _path_problem(request.rel_url.raw_path)
     if problem is not None:
         raise BadRequest(problem, code="invalid_path")
     forward.check_headers(request.headers.items())
-    match = gw.router.match(request.method, request.host, path)
+    match = _match(gw.router, request.method, request.host, path)
     if match is None:
         raise NotFound(f"no paygate serves {path}")
     pg = match.paygate
@@ -85,11 +114,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if length is not None and length > cap:
         raise PayloadTooLarge(f"request body is larger than {cap} bytes")
     body = _Body(request, cap)
+    if match.units == 0:
+        return await _forward(request, gw, match, body, None, None)
+
     path_qs = request.raw_path
     priced = Priced(pg, match.units, gw.resource_url(request), request.method, path_qs)
-
-    if match.units == 0:
-        return await _forward(request, gw, match, body, None, priced)
 
     rails = [gw.rails[name] for name in pg.rails]
     rail = next((r for r in rails if r.carries_payment(request.headers)), None)
@@ -129,14 +158,21 @@ def _replay(stored: StoredResponse) -> web.Response:
 
 
 async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
-                   charge: Charge | None, priced: Priced) -> web.StreamResponse:
+                   charge: Charge | None, priced: Priced | None) -> web.StreamResponse:
+    """Forward to the origin and stream its answer back; `charge` and `priced` are None
+    on a free route."""
     pg = match.paygate
     upstream_url, upstream_path_qs = _upstream_target(pg.target, pg.prefix, request.raw_path,
                                                       match.subpath)
     secrets = await gw.origin_secrets(pg.id)
     digest = _EMPTY_SHA256
     if pg.origin_auth.signs_request:
-        digest = hashlib.sha256(await body.read()).hexdigest()
+        # The signature header precedes the body, so a body is read whole (within the
+        # cap) once; a request without one signs the constant empty-body digest.
+        digest = body.sha256_hex()
+        if digest is None:
+            await body.read()
+            digest = body.sha256_hex()
     headers = forward.request_headers_for_origin(
         request.headers.items(), client_ip=request.remote or "", proto=request.scheme,
         host=request.host, strip=charge.strip_headers if charge else ())
@@ -197,9 +233,22 @@ def _upstream_target(target: str, prefix: str, raw_path_qs: str, decoded_sub: st
     sub = strip_prefix(prefix, raw_path)
     if sub is None:  # the prefix itself came percent-encoded: re-encode the decoded rest
         sub = URL.build(path=decoded_sub).raw_path
+    origin, base_path = _target_base(target)
+    path_qs = base_path + sub + (f"?{raw_query}" if raw_query else "")
+    return URL(origin + path_qs, encoded=True), path_qs
+
+
+@lru_cache(maxsize=256)
+def _target_base(target: str) -> tuple[str, str]:
+    """A paygate target's origin (scheme://host:port) and base path without its
+    trailing slash, parsed once per target."""
     base = URL(target)
-    path_qs = base.raw_path.rstrip("/") + sub + (f"?{raw_query}" if raw_query else "")
-    return URL(str(base.origin()) + path_qs, encoded=True), path_qs
+    return str(base.origin()), base.raw_path.rstrip("/")
+
+
+@lru_cache(maxsize=256)
+def _client_timeout(timeout: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10), sock_read=timeout)
 
 
 async def _open_upstream(gw: Gateway, method: str, url: URL, headers, data, timeout: float):
@@ -207,8 +256,7 @@ async def _open_upstream(gw: Gateway, method: str, url: URL, headers, data, time
         async with asyncio.timeout(timeout):
             return await gw.http.request(
                 method, url, headers=headers, data=data, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10),
-                                              sock_read=timeout),
+                timeout=_client_timeout(timeout),
                 auto_decompress=False)
     except TimeoutError:
         raise UpstreamTimeout(f"origin did not answer within {timeout:g} s") from None

@@ -14,16 +14,18 @@ Field names are accepted in snake_case or camelCase (`accountId`, `paygateId`,
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway import hashtoll
 from gateway.errors import BadRequest, NotFound, TollgateError, Unauthorized
-from gateway.rails.session import SessionRail, session_token
 from gateway.state import GATEWAY
-from sessions.activation import ActivationError
-from sessions.records import Session
+
+if TYPE_CHECKING:  # the session modules load with the rail, not with every gateway
+    from gateway.rails.session import SessionRail
+    from sessions.activation import ActivationError
+    from sessions.records import Session
 
 _ALIASES = {
     "account_id": ("account_id", "accountId", "account"),
@@ -84,6 +86,7 @@ def _limit(request: web.Request, rail: SessionRail) -> None:
 
 async def challenge(request: web.Request) -> web.Response:
     rail = _rail(request)
+    from sessions.activation import ActivationError  # loaded with the rail already
     _limit(request, rail)
     body = await _body(request)
     terms = rail.terms(_paygate(rail, request, body["paygate"]))
@@ -95,6 +98,7 @@ async def challenge(request: web.Request) -> web.Response:
 
 async def activate(request: web.Request) -> web.Response:
     rail = _rail(request)
+    from sessions.activation import ActivationError  # loaded with the rail already
     _limit(request, rail)
     body = await _body(request)
     terms = rail.terms(_paygate(rail, request, body["paygate"]))
@@ -113,6 +117,7 @@ async def activate(request: web.Request) -> web.Response:
 
 async def _current(request: web.Request) -> tuple[SessionRail, Session]:
     rail = _rail(request)
+    from gateway.rails.session import session_token  # loaded with the rail already
     token, _ = session_token(request.headers)
     if not token:
         raise Unauthorized("send the session token in X-Hedera-Session-Id or Authorization: Bearer",

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Literal
 
 from eth_abi import encode as abi_encode
-from eth_account import Account
 from eth_utils import to_checksum_address
 
+from chains.evm.eip712 import address_of
 from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector
 from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, used_outcome
 from chains.payments import SettleOutcome
@@ -217,13 +217,21 @@ class Settler:
         send_attempts: int = 6,
     ):
         self.rpc = rpc
-        self._account = Account.from_key(private_key)
-        self.address: str = self._account.address
+        self._key = private_key
+        self._account = None  # eth_account loads at the first signature, not at start-up
+        self.address: str = address_of(private_key)
         self.simulate = simulate
         self.gas_limit = gas_limit
         self._send_attempts = send_attempts
         self._lock = asyncio.Lock()
         self._next_nonce: int | None = None  # cache only; None = ask the chain
+
+    def _signer(self):
+        if self._account is None:
+            from eth_account import Account  # ~0.5 s to import: not on the start-up path
+
+            self._account = Account.from_key(self._key)
+        return self._account
 
     # ------------------------------------------------------------ submit
 
@@ -282,7 +290,7 @@ class Settler:
                 if self._next_nonce is None:
                     self._next_nonce = await self.rpc.get_transaction_count(self.address, "pending")
                 nonce = self._next_nonce
-                signed = self._account.sign_transaction({**tx, "nonce": nonce})
+                signed = self._signer().sign_transaction({**tx, "nonce": nonce})
                 tx_hash = "0x" + bytes(signed.hash).hex()
                 raw = bytes(signed.raw_transaction)
                 if persist is not None:
