@@ -110,6 +110,15 @@ def _payments_v5(conn: Connection) -> None:
     _add_missing_columns(conn, "payment_responses", ("body_kept", "body_size"))
 
 
+def _create_functions(conn: Connection) -> None:
+    """Version 9: the stored functions of the hot path (PostgreSQL only; `CREATE OR
+    REPLACE`, so running it again is harmless). SQLite needs none."""
+    if conn.dialect.name == "postgresql":
+        from store.pgfunctions import FUNCTIONS  # the SQL is long: it lives with its docs
+        for ddl in FUNCTIONS:
+            conn.exec_driver_sql(ddl)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
@@ -120,6 +129,8 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "payments: persisted signed tx, lease owner, authorization expiry",
               lambda conn: _add_missing_columns(conn, "payments",
                                                 ("raw_tx", "lease_owner", "valid_before"))),
+    Migration(9, "PostgreSQL: batched session charges in one round trip",
+              lambda conn: _create_functions(conn)),
 ]
 
 

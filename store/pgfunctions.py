@@ -1,0 +1,75 @@
+"""PostgreSQL functions of the hot path, created by migration 9 (see store.migrations).
+
+`tollgate_charge_batch` runs a batch of session charges in ONE statement, hence one
+transaction and one round trip (see store.pgbatch and sessions.ledger). Each charge is
+what `sessions.ledger` documents: the idempotency key claim (the INSERT: a unique
+violation means the key is taken), then the money (a conditional UPDATE of the owner's
+shared allowance row) and the session's counters, all in a sub-transaction of its own
+(the BEGIN ... EXCEPTION block): a charge whose claim does not hold is rolled back alone,
+with its key claim, and the others of the batch still commit.
+
+Outcome per input position (`idx`, 1-based): 0 charged (`remaining` = what is left),
+1 key taken (look the existing charge up), 2 refused (no money moved, no key claimed).
+
+Lock order: charges are taken by (owner, spender, session id), so two instances' batches
+lock allowance rows and session rows in the same order and cannot deadlock each other
+(the batch runner retries whole batches on a deadlock anyway).
+"""
+
+CHARGE_BATCH = """
+CREATE OR REPLACE FUNCTION tollgate_charge_batch(
+    p_ids text[], p_sids text[], p_keys text[], p_fps text[], p_amounts bigint[],
+    p_fresh double precision[], p_now double precision[])
+RETURNS TABLE(idx integer, outcome integer, remaining bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    v_left bigint;
+BEGIN
+    FOR r IN
+        SELECT t.ord::integer AS k
+        FROM unnest(p_sids) WITH ORDINALITY AS t(sid, ord)
+        LEFT JOIN sessions s ON s.id = t.sid
+        ORDER BY s.owner NULLS FIRST, s.spender, t.sid, t.ord
+    LOOP
+        BEGIN
+            INSERT INTO session_charges (id, session_id, idempotency_key, fingerprint, amount,
+                                         state, pull_id, created_at)
+            VALUES (p_ids[r.k], p_sids[r.k], p_keys[r.k], p_fps[r.k], p_amounts[r.k],
+                    'pending', NULL, p_now[r.k]);
+            UPDATE session_allowances a
+               SET outstanding = a.outstanding + p_amounts[r.k]
+             WHERE (a.owner, a.spender) = (
+                       SELECT s.owner, s.spender FROM sessions s
+                        WHERE s.id = p_sids[r.k] AND s.state IN ('active', 'exhausted')
+                          AND s.expires_at > p_now[r.k])
+               AND a.mirror_at > p_fresh[r.k]
+               AND a.allowance - a.outstanding >= p_amounts[r.k]
+            RETURNING a.allowance - a.outstanding INTO v_left;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'TG001';
+            END IF;
+            -- Still conditional: a session ended since the claim above read it is not
+            -- charged (the whole sub-transaction rolls back).
+            UPDATE sessions
+               SET spent = spent + p_amounts[r.k], calls = calls + 1, state = 'active'
+             WHERE id = p_sids[r.k] AND state IN ('active', 'exhausted');
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'TG001';
+            END IF;
+            idx := r.k; outcome := 0; remaining := v_left;
+            RETURN NEXT;
+        EXCEPTION
+            WHEN unique_violation THEN
+                idx := r.k; outcome := 1; remaining := NULL;
+                RETURN NEXT;
+            WHEN SQLSTATE 'TG001' THEN
+                idx := r.k; outcome := 2; remaining := NULL;
+                RETURN NEXT;
+        END;
+    END LOOP;
+END
+$fn$
+"""
+
+FUNCTIONS = (CHARGE_BATCH,)
