@@ -36,10 +36,13 @@ from typing import Any, Iterable, Literal
 
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chains import payment_units as units
 from store.clock import Clock
 from store.schema import payment_responses, payments
+from store.writer import sqlite_writer
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "verified": frozenset({"settling", "queued", "void"}),
@@ -51,7 +54,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "void": frozenset(),
 }
 # Payments whose money may still move: they count towards a payer's deferred exposure.
-OPEN_STATES = ("verified", "queued", "settling", "unknown")
+OPEN_STATES = units.OPEN_STATES
 
 
 class IllegalTransition(Exception):
@@ -159,9 +162,14 @@ class _OverExposed(Exception):
 
 
 class PaymentStore:
+    """On SQLite the hot writes (claim, transition, store_response) are units of work of
+    the store's group-committing writer (store.writer, chains.payment_units): each returns
+    once committed, and concurrent ones share the commit."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
+        self._writer = sqlite_writer(engine) if engine.dialect.name == "sqlite" else None
 
     def _insert(self):
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
@@ -187,6 +195,17 @@ class PaymentStore:
             tx_hash=None, error=None, attempts=0, lease_until=None, created_at=now, updated_at=now,
             request_digest=p.request_digest, forward_until=p.forward_until,
             client_digest=p.client_digest, valid_before=p.valid_before)
+        if self._writer is not None:
+            try:
+                units.uint256_text(p.amount)
+            except ValueError as exc:  # as the SQLAlchemy path reports a bad bind value
+                raise StatementError(str(exc), "INSERT INTO payments", None, exc) from exc
+            try:
+                owned = await self._writer.run(functools.partial(
+                    units.claim, values, exposure_limit))
+            except units.OverExposed:
+                return None
+            return pid if owned else None
         try:
             async with self._engine.begin() as conn:
                 # The insert comes first: a payment seen before conflicts here at once, and
@@ -255,6 +274,10 @@ class PaymentStore:
         if new in ("settled", "failed", "void"):
             values["lease_until"] = None
             values["lease_owner"] = None
+        if self._writer is not None:
+            bump = values.pop("attempts", None) is not None
+            return await self._writer.run(functools.partial(
+                units.transition, payment_id, olds, values, bump))
         async with self._engine.begin() as conn:
             res = await conn.execute(update(payments).where(
                 payments.c.id == payment_id, payments.c.state.in_(olds)).values(**values))
@@ -320,6 +343,12 @@ class PaymentStore:
                              body_size: int | None = None) -> None:
         """Remember what was served for this payment (first writer wins). With
         `body_kept=False` only the fact is kept: `body` is dropped (it was too large)."""
+        if self._writer is not None:
+            await self._writer.run(functools.partial(units.store_response, (
+                payment_id, status, json.dumps(headers), body if body_kept else b"",
+                int(complete), self._clock.now(), int(body_kept),
+                len(body) if body_size is None else body_size)))
+            return
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         async with self._engine.begin() as conn:
             await conn.execute(dialect.insert(payment_responses).values(

@@ -1,0 +1,73 @@
+"""The payment store's hot writes on SQLite as units of work for store.writer: the claim,
+state transitions and the stored response, each run in a savepoint of a group commit on
+the writer's raw connection (see chains.payments for what each one means).
+
+Amounts are stored as store.schema.Uint256 does on SQLite (78-digit zero-padded text) and
+summed here in Python, exactly. A statement that must commit with one of these changes
+(an outbox row) goes into the same unit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from store.schema import UINT256_DIGITS
+
+OPEN_STATES = ("verified", "queued", "settling", "unknown")  # chains.payments uses these
+
+_COLUMNS = ("id", "claim_key", "payment_identifier", "request_fingerprint", "rail",
+            "paygate_id", "network", "asset", "payer", "pay_to", "amount", "state",
+            "settlement", "payload", "tx_hash", "error", "attempts", "lease_until",
+            "created_at", "updated_at", "request_digest", "forward_until", "client_digest",
+            "valid_before")
+_CLAIM = (f"INSERT INTO payments ({', '.join(_COLUMNS)}) "
+          f"VALUES ({', '.join('?' * len(_COLUMNS))}) ON CONFLICT DO NOTHING")
+_OPEN_AMOUNTS = ("SELECT amount FROM payments WHERE network = ? AND asset = ? AND payer = ? "
+                 f"AND state IN ({', '.join('?' * len(OPEN_STATES))})")
+
+
+class OverExposed(Exception):
+    """The payer's open payments would exceed the limit: roll the claim back."""
+
+
+def uint256_text(value: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**256:
+        raise ValueError(f"not a uint256: {value!r}")
+    return f"{value:0{UINT256_DIGITS}d}"
+
+
+def claim(values: dict[str, Any], exposure_limit: int | None,
+          conn: sqlite3.Connection) -> bool:
+    """Insert the payment row; True if this unit owns it. With `exposure_limit`, raises
+    OverExposed (rolling the insert back) when the payer's open payments on this network
+    and asset, this one included, exceed it. The writer runs one unit at a time, so the
+    sum cannot race another claim."""
+    row = dict(values, amount=uint256_text(values["amount"]))
+    if conn.execute(_CLAIM, [row[c] for c in _COLUMNS]).rowcount != 1:
+        return False
+    if exposure_limit is not None:
+        amounts = conn.execute(_OPEN_AMOUNTS, (values["network"], values["asset"],
+                                               values["payer"], *OPEN_STATES))
+        if sum(int(a) for (a,) in amounts) > exposure_limit:
+            raise OverExposed
+    return True
+
+
+def transition(payment_id: str, olds: list[str], values: dict[str, Any],
+               bump_attempts: bool, conn: sqlite3.Connection) -> bool:
+    sets = [f"{name} = ?" for name in values]
+    if bump_attempts:
+        sets.append("attempts = attempts + 1")
+    sql = (f"UPDATE payments SET {', '.join(sets)} WHERE id = ? "
+           f"AND state IN ({', '.join('?' * len(olds))})")
+    return conn.execute(sql, (*values.values(), payment_id, *olds)).rowcount == 1
+
+
+_STORE_RESPONSE = (
+    "INSERT INTO payment_responses (payment_id, status, headers, body, complete, created_at, "
+    "body_kept, body_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+
+
+def store_response(row: tuple, conn: sqlite3.Connection) -> None:
+    conn.execute(_STORE_RESPONSE, row)
