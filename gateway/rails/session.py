@@ -120,7 +120,7 @@ class SessionRail:
         if not _KEY.fullmatch(key):
             raise BadRequest("Idempotency-Key must be 1-200 visible ASCII characters",
                              code="invalid_idempotency_key")
-        session = await self.records.by_token(token or "")
+        session = await self.records.identity(token or "")
         if session is None:
             raise PaymentRejected("session_unknown", "unknown session token",
                                   self.top_up(pg.id))
