@@ -164,13 +164,16 @@ class Ledger:
         return sum([await self.reverse(cid) for cid in ids])
 
     async def record_response(self, charge_id: str, status: int,
-                              headers: list[tuple[str, str]], body: bytes) -> None:
+                              headers: list[tuple[str, str]], body: bytes, *,
+                              keep: bool = False) -> None:
+        """Store the response served for the charge (replayed to a retry of its key);
+        with `keep`, also keep the charge if it is still pending, in the same write."""
         headers_json = json.dumps(headers)
         if self._sqlite:
             await self._writer.run(functools.partial(
-                units.sqlite_record, charge_id, status, headers_json, body))
+                units.sqlite_record, charge_id, status, headers_json, body, keep))
         else:
-            await self._record_batch.run((charge_id, status, headers_json, body))
+            await self._record_batch.run((charge_id, status, headers_json, body, keep))
 
     async def charges(self, session_id: str) -> list:
         async with self._engine.connect() as conn:

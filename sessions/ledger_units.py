@@ -74,10 +74,11 @@ def sqlite_reverse(charge_id: str, conn: sqlite3.Connection) -> bool:
     return True
 
 
-def sqlite_record(charge_id: str, status: int, headers_json: str, body: bytes,
+def sqlite_record(charge_id: str, status: int, headers_json: str, body: bytes, keep: bool,
                   conn: sqlite3.Connection) -> None:
-    conn.execute("UPDATE session_charges SET status = ?, headers = ?, body = ? WHERE id = ?",
-                 (status, headers_json, body, charge_id))
+    conn.execute("UPDATE session_charges SET status = ?, headers = ?, body = ?, "
+                 "state = CASE WHEN ? AND state = 'pending' THEN 'kept' ELSE state END "
+                 "WHERE id = ?", (status, headers_json, body, keep, charge_id))
 
 
 # -- PostgreSQL batch runners ------------------------------------------------------------
@@ -105,10 +106,11 @@ async def pg_keeps(conn, items) -> list[None]:
 
 
 async def pg_records(conn, items) -> list[None]:
-    ids, statuses, headers, bodies = (list(c) for c in zip(*items))
+    ids, statuses, headers, bodies, keeps = (list(c) for c in zip(*items))
     await conn.execute(
-        "UPDATE session_charges AS c SET status = u.status, headers = u.headers, body = u.body "
-        "FROM unnest($1::text[], $2::integer[], $3::text[], $4::bytea[]) "
-        "AS u(id, status, headers, body) WHERE c.id = u.id",
-        ids, statuses, headers, bodies)
+        "UPDATE session_charges AS c SET status = u.status, headers = u.headers, body = u.body, "
+        "state = CASE WHEN u.keep AND c.state = 'pending' THEN 'kept' ELSE c.state END "
+        "FROM unnest($1::text[], $2::integer[], $3::text[], $4::bytea[], $5::boolean[]) "
+        "AS u(id, status, headers, body, keep) WHERE c.id = u.id",
+        ids, statuses, headers, bodies, keeps)
     return [None] * len(items)
