@@ -11,7 +11,8 @@ Same workload and checks as bench/bench_sessions.py (which it reuses), but:
 * PostgreSQL: the throwaway test server with durability switched back ON (fsync,
   synchronous_commit, full_page_writes), so each acknowledged charge was flushed.
 
-"charge" is Ledger.charge alone; "call" is charge + keep + record_response. Each caller
+"charge" is Ledger.charge alone; "call" is what the session rail writes per paid call:
+the charge, then the stored response with the keep in the same write. Each caller
 awaits its own charge before the next, so a figure at concurrency C is C callers that
 each wait for durability: the group commit is what lets them share fsyncs.
 """
@@ -21,18 +22,54 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_sessions import run  # noqa: E402
+from bench.bench_sessions import PRICE, open_sessions  # noqa: E402
+from sessions.ledger import Charged  # noqa: E402
 from sessions.ledger import Ledger  # noqa: E402
 from sessions.records import SessionRecords  # noqa: E402
 from store.clock import SystemClock  # noqa: E402
 from store.db import create_engine  # noqa: E402
 from store.migrations import migrate  # noqa: E402
+
+
+async def run(ledger: Ledger, records: SessionRecords, *, charges: int, concurrency: int,
+              sessions: int, mode: str) -> float:
+    ids = await open_sessions(records, sessions, allowance=(charges + 1) * PRICE)
+    left = charges
+
+    async def caller(offset: int) -> None:
+        nonlocal left
+        i = offset
+        while left > 0:
+            left -= 1
+            sid = ids[i % len(ids)]
+            i += 1
+            got = await ledger.charge(sid, uuid.uuid4().hex, "fp", PRICE, fresh_after=0)
+            if not isinstance(got, Charged):
+                raise RuntimeError(f"charge refused: {got!r}")
+            if mode == "call":
+                await ledger.record_response(got.charge_id, 200, [("Content-Type", "text/plain")],
+                                             b"ok", keep=True)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    views = [await records.get(sid) for sid in ids]
+    if sum(v.calls for v in views) != charges or sum(v.spent for v in views) != charges * PRICE:
+        raise RuntimeError("the ledger does not add up")
+    if mode == "call":
+        kept = sum(1 for sid in ids for c in await ledger.charges(sid) if c.state == "kept")
+        if kept != charges:
+            raise RuntimeError(f"{kept} of {charges} charges kept")
+    return charges / elapsed
 
 
 @contextlib.contextmanager
@@ -41,28 +78,36 @@ def store(backend: str):
         with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as tmp:
             yield f"sqlite+aiosqlite:///{tmp}/bench.db"
         return
-    from tests.support.postgres import start_postgres
+    from tests.support import postgres
 
-    with start_postgres(database="tollgate_bench") as server:
-        asyncio.run(_durable(server.url))
+    # The test server runs with fsync off (set on its command line, which nothing can
+    # override later): launch it the same way with durability on instead.
+    def durable_launch(server, run_as, data_dir) -> None:
+        with open(server.log_path, "wb") as log:
+            server.process = subprocess.Popen(
+                [str(server.bin_dir / "postgres"), "-D", str(data_dir), "-p", str(server.port),
+                 "-k", str(server.socket_dir), "-c", f"listen_addresses={server.host}",
+                 "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on"],
+                cwd=server.base_dir, env=postgres._env(server.base_dir),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, **run_as.popen_kwargs())
+
+    postgres._launch = durable_launch
+    with postgres.start_postgres(database="tollgate_bench") as server:
+        asyncio.run(_check_durable(server.url))
         yield server.url
 
 
-async def _durable(url: str) -> None:
-    """Switch the test server's durability back on (it starts with fsync off)."""
+async def _check_durable(url: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
-        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-            await conn.execute(f"ALTER SYSTEM SET {setting} = on")
-        await conn.execute("SELECT pg_reload_conf()")
-        await asyncio.sleep(0.5)
         got = [await conn.fetchval(f"SHOW {s}") for s in ("fsync", "synchronous_commit")]
-        if got != ["on", "on"]:
-            raise RuntimeError(f"durability not on: {got}")
     finally:
         await conn.close()
+    if got != ["on", "on"]:
+        raise RuntimeError(f"durability not on: {got}")
 
 
 async def bench_backend(backend: str, url: str, args) -> None:
