@@ -30,6 +30,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -39,6 +40,7 @@ Unit = Callable[[sqlite3.Connection], Any]
 
 _IDLE_SECONDS = 2.0  # the thread closes its connection and exits after this long idle
 _MAX_BATCH = 512  # units per transaction: bounds how long one COMMIT keeps callers waiting
+_LOCK_WAIT_SECONDS = 30.0  # as the engines' busy_timeout (store.db)
 
 
 class SqliteWriter:
@@ -66,7 +68,9 @@ class SqliteWriter:
                                check_same_thread=False, cached_statements=256)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        # No busy handler: SQLite's sleeps 1, 2, 5 ... 100 ms between tries, and a batch
+        # stalled that long stalls every caller queued behind it. `_begin` polls instead.
+        conn.execute("PRAGMA busy_timeout=0")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
@@ -113,9 +117,7 @@ class SqliteWriter:
     def _commit(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         try:
-            # IMMEDIATE: take the write lock now (waiting on busy_timeout), rather than
-            # fail on upgrading a read lock in the middle of the batch.
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             for unit, _future, _loop in batch:
                 conn.execute("SAVEPOINT unit")
                 try:
@@ -133,6 +135,23 @@ class SqliteWriter:
                 conn.execute("ROLLBACK")
             return [(False, exc)] * len(batch)
         return outcomes
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE: take the write lock now rather than fail on upgrading a read lock
+    in the middle of the batch. Another connection of the file (the cold paths' pool)
+    may hold it: poll every 0.2 ms, so the lock is taken as soon as it is free, for up
+    to `_LOCK_WAIT_SECONDS`. (In WAL mode no later statement of the batch waits for a
+    lock: readers never block the writer.)"""
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.0002)
 
 
 def _resolve(batch: list, outcomes: list[tuple[bool, Any]]) -> None:
