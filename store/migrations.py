@@ -110,9 +110,12 @@ def _payments_v5(conn: Connection) -> None:
     _add_missing_columns(conn, "payment_responses", ("body_kept", "body_size"))
 
 
-def _create_functions(conn: Connection) -> None:
-    """Version 9: the stored functions of the hot path (PostgreSQL only; `CREATE OR
-    REPLACE`, so running it again is harmless). SQLite needs none."""
+def _hot_path(conn: Connection) -> None:
+    """Version 9: what the hot path needs from the schema, idempotent: an index for the
+    deferred-exposure sum of a claim (a payer's open payments), and on PostgreSQL the
+    stored functions of store.pgfunctions (`CREATE OR REPLACE`)."""
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_payments_exposure "
+                         "ON payments (payer, network, asset, state, amount)")
     if conn.dialect.name == "postgresql":
         from store.pgfunctions import FUNCTIONS  # the SQL is long: it lives with its docs
         for ddl in FUNCTIONS:
@@ -129,8 +132,8 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "payments: persisted signed tx, lease owner, authorization expiry",
               lambda conn: _add_missing_columns(conn, "payments",
                                                 ("raw_tx", "lease_owner", "valid_before"))),
-    Migration(9, "PostgreSQL: batched session charges in one round trip",
-              lambda conn: _create_functions(conn)),
+    Migration(9, "hot path: payer exposure index; PostgreSQL batched session charges",
+              _hot_path),
 ]
 
 
