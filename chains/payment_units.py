@@ -78,3 +78,54 @@ _STORE_RESPONSE = (
 
 def store_response(row: tuple, conn: sqlite3.Connection) -> None:
     conn.execute(_STORE_RESPONSE, row)
+
+
+# -- PostgreSQL batch runners (store.pgbatch) ----------------------------------------------
+
+CLAIMED, TAKEN, OVER_EXPOSED = 0, 1, 2  # outcomes of tollgate_claim_batch
+_CLAIM_FIELDS = ("id", "claim_key", "payment_identifier", "request_fingerprint", "rail",
+                 "paygate_id", "network", "asset", "payer", "pay_to", "amount", "settlement",
+                 "payload", "request_digest", "client_digest", "forward_until", "valid_before")
+_PG_CLAIMS = (
+    "SELECT idx, outcome FROM tollgate_claim_batch("
+    + ", ".join(f"${i + 1}::text[]" for i in range(15))
+    + ", $16::double precision[], $17::double precision[], $18::text[], $19::double precision)")
+
+
+def pg_claim_item(values: dict[str, Any], exposure_limit: int | None) -> tuple:
+    return (*(str(values[f]) if f == "amount" else values[f] for f in _CLAIM_FIELDS),
+            None if exposure_limit is None else str(exposure_limit), values["created_at"])
+
+
+async def pg_claims(conn, items) -> list[int]:
+    """items: pg_claim_item tuples. One outcome per item."""
+    columns = [list(c) for c in zip(*items)]
+    now = max(columns[-1])  # created_at/updated_at of the batch's rows: its latest clock
+    out = [TAKEN] * len(items)
+    for r in await conn.fetch(_PG_CLAIMS, *columns[:-1], now):
+        out[r[0] - 1] = r[1]
+    return out
+
+
+async def pg_store_responses(conn, items) -> list[None]:
+    """items: (payment_id, status, headers, body, complete, created_at, body_kept,
+    body_size); first writer wins."""
+    await conn.execute(
+        "INSERT INTO payment_responses (payment_id, status, headers, body, complete, "
+        "created_at, body_kept, body_size) SELECT * FROM unnest($1::text[], $2::integer[], "
+        "$3::text[], $4::bytea[], $5::integer[], $6::double precision[], $7::integer[], "
+        "$8::bigint[]) ON CONFLICT DO NOTHING", *(list(c) for c in zip(*items)))
+    return [None] * len(items)
+
+
+async def pg_transitions(conn, items) -> list[bool]:
+    """items: (payment_id, old, new, updated_at): plain state moves. True where this item
+    moved the row (of several items on one row, one wins)."""
+    ids, olds, news, nows = (list(c) for c in zip(*items))
+    rows = await conn.fetch(
+        "UPDATE payments AS p SET state = u.new, updated_at = u.now "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::double precision[]) "
+        "WITH ORDINALITY AS u(id, old, new, now, ord) "
+        "WHERE p.id = u.id AND p.state = u.old RETURNING u.ord", ids, olds, news, nows)
+    won = {r[0] for r in rows}
+    return [i + 1 in won for i in range(len(items))]

@@ -72,4 +72,74 @@ END
 $fn$
 """
 
-FUNCTIONS = (CHARGE_BATCH,)
+# A batch of x402 payment claims (see chains.payments.PaymentStore.claim): each inserts
+# the payment row (a taken claim key or payment identifier: outcome 1); with an exposure
+# limit, it then takes the payer's advisory lock (held to the end of the batch's
+# transaction) and sums the payer's open payments, its own included; over the limit, its
+# insert is rolled back alone (outcome 2). Claims are taken in the order of their lock
+# key, so two instances' batches cannot wait on each other's payer locks in a cycle.
+# Outcome 0: claimed.
+CLAIM_BATCH = """
+CREATE OR REPLACE FUNCTION tollgate_claim_batch(
+    p_ids text[], p_claim_keys text[], p_identifiers text[], p_fingerprints text[],
+    p_rails text[], p_paygates text[], p_networks text[], p_assets text[], p_payers text[],
+    p_pay_tos text[], p_amounts text[], p_settlements text[], p_payloads text[],
+    p_digests text[], p_clients text[], p_forward_untils double precision[],
+    p_valid_befores double precision[], p_limits text[], p_now double precision)
+RETURNS TABLE(idx integer, outcome integer)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    v_id text;
+    v_open numeric;
+BEGIN
+    FOR r IN
+        SELECT t.ord::integer AS k
+        FROM unnest(p_ids) WITH ORDINALITY AS t(id, ord)
+        ORDER BY hashtext(p_networks[t.ord] || '|' || p_assets[t.ord] || '|' || p_payers[t.ord]),
+                 t.ord
+    LOOP
+        v_id := NULL;
+        BEGIN
+            INSERT INTO payments (id, claim_key, payment_identifier, request_fingerprint, rail,
+                                  paygate_id, network, asset, payer, pay_to, amount, state,
+                                  settlement, payload, tx_hash, error, attempts, lease_until,
+                                  created_at, updated_at, request_digest, forward_until,
+                                  client_digest, valid_before)
+            VALUES (p_ids[r.k], p_claim_keys[r.k], p_identifiers[r.k], p_fingerprints[r.k],
+                    p_rails[r.k], p_paygates[r.k], p_networks[r.k], p_assets[r.k],
+                    p_payers[r.k], p_pay_tos[r.k], p_amounts[r.k]::numeric, 'verified',
+                    p_settlements[r.k], p_payloads[r.k], NULL, NULL, 0, NULL, p_now, p_now,
+                    p_digests[r.k], p_forward_untils[r.k], p_clients[r.k],
+                    p_valid_befores[r.k])
+            ON CONFLICT DO NOTHING
+            RETURNING id INTO v_id;
+            IF v_id IS NULL THEN
+                idx := r.k; outcome := 1;
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            IF p_limits[r.k] IS NOT NULL THEN
+                PERFORM pg_advisory_xact_lock(hashtext(
+                    p_networks[r.k] || '|' || p_assets[r.k] || '|' || p_payers[r.k]));
+                SELECT coalesce(sum(amount), 0) INTO v_open FROM payments
+                 WHERE network = p_networks[r.k] AND asset = p_assets[r.k]
+                   AND payer = p_payers[r.k]
+                   AND state IN ('verified', 'queued', 'settling', 'unknown');
+                IF v_open > p_limits[r.k]::numeric THEN
+                    RAISE EXCEPTION USING ERRCODE = 'TG002';
+                END IF;
+            END IF;
+            idx := r.k; outcome := 0;
+            RETURN NEXT;
+        EXCEPTION
+            WHEN SQLSTATE 'TG002' THEN
+                idx := r.k; outcome := 2;
+                RETURN NEXT;
+        END;
+    END LOOP;
+END
+$fn$
+"""
+
+FUNCTIONS = (CHARGE_BATCH, CLAIM_BATCH)

@@ -67,3 +67,26 @@ async def test_uint256_amounts_are_summed_exactly(store):
 async def test_concurrent_claims_stay_within_the_limit(store):
     got = await asyncio.gather(*(store.claim(payment(i, 3), 20) for i in range(20)))
     assert sum(1 for g in got if g) == 6
+
+
+async def test_two_instances_on_one_postgres_stay_within_the_limit(postgres):  # noqa: F811
+    """Two gateway instances (two engines, each batching its own claims) on one database:
+    together they still claim no more than the payer's limit."""
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    engines = [create_engine(url), create_engine(url)]
+    try:
+        await migrations.migrate(engines[0])
+        stores = [PaymentStore(e, ManualClock()) for e in engines]
+        got = await asyncio.gather(*(stores[i % 2].claim(payment(i, 3), 20) for i in range(40)))
+        assert sum(1 for g in got if g) == 6
+        assert (await stores[0].counts()) == {"verified": 6}
+    finally:
+        for e in engines:
+            await e.dispose()
