@@ -39,9 +39,12 @@ class PgBatch:
         self._flusher: asyncio.Task | None = None
 
     async def run(self, item: tuple) -> Any:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting.append((item, future))
-        if self._flusher is None:
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
+            # (A flusher of a loop that is gone never comes back: start one here.)
             self._flusher = asyncio.create_task(self._flush())
         return await future
 
@@ -63,11 +66,16 @@ class PgBatch:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._flusher = None
-            if self._waiting:  # arrived after the loop ended
-                self._flusher = asyncio.create_task(self._flush())
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+                if self._waiting:  # arrived after the loop ended
+                    self._flusher = asyncio.create_task(self._flush())
 
     async def _one(self, raw, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        # Callers whose loop is gone wait no more: leave their items out.
+        batch = [(i, f) for i, f in batch if not f.get_loop().is_closed()]
+        if not batch:
+            return
         items = [item for item, _future in batch]
         for attempt in range(self._retries + 1):
             try:
