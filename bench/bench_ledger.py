@@ -66,7 +66,9 @@ async def run(ledger: Ledger, records: SessionRecords, *, charges: int, concurre
     if sum(v.calls for v in views) != charges or sum(v.spent for v in views) != charges * PRICE:
         raise RuntimeError("the ledger does not add up")
     if mode == "call":
-        kept = sum(1 for sid in ids for c in await ledger.charges(sid) if c.state == "kept")
+        kept = 0
+        for sid in ids:
+            kept += sum(1 for c in await ledger.charges(sid) if c.state == "kept")
         if kept != charges:
             raise RuntimeError(f"{kept} of {charges} charges kept")
     return charges / elapsed
