@@ -34,13 +34,16 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chains import payment_units as units
 from store import outbox
 from store.clock import Clock
 from store.schema import payment_responses, payments
+from store.pgbatch import PgBatch
+from store.writer import sqlite_writer
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "verified": frozenset({"settling", "queued", "void"}),
@@ -52,7 +55,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "void": frozenset(),
 }
 # Payments whose money may still move: they count towards a payer's deferred exposure.
-OPEN_STATES = ("verified", "queued", "settling", "unknown")
+OPEN_STATES = units.OPEN_STATES
 
 
 class IllegalTransition(Exception):
@@ -155,23 +158,20 @@ class Stored:
     body_size: int | None = None  # bytes served, when known
 
 
-class _OverExposed(Exception):
-    pass
-
-
 class PaymentStore:
+    """The hot writes (claim, transition, store_response) are group-committed: on SQLite
+    units of work of the store's writer (store.writer), on PostgreSQL batches of one
+    statement each (store.pgbatch; claims through migration 9's function). Each returns
+    once committed, and concurrent ones share the commit (see chains.payment_units)."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
-
-    def _insert(self):
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(payments)
-
-    @functools.cached_property
-    def _claim_statement(self):
-        # Built once: constructing a statement costs more CPU than running it on SQLite.
-        return self._insert().on_conflict_do_nothing().returning(payments.c.id)
+        self._writer = sqlite_writer(engine) if engine.dialect.name == "sqlite" else None
+        if self._writer is None:
+            self._claims = PgBatch(engine, units.pg_claims)
+            self._responses = PgBatch(engine, units.pg_store_responses)
+            self._moves = PgBatch(engine, units.pg_transitions)
 
     async def claim(self, p: NewPayment, exposure_limit: int | None = None) -> str | None:
         """Insert the payment; its id if this call owns it, None if the claim key or the
@@ -189,28 +189,18 @@ class PaymentStore:
             request_digest=p.request_digest, forward_until=p.forward_until,
             client_digest=p.client_digest, valid_before=p.valid_before)
         try:
-            async with self._engine.begin() as conn:
-                # The insert comes first: a payment seen before conflicts here at once, and
-                # on SQLite the insert takes the write lock, so the sum below cannot race.
-                row = (await conn.execute(self._claim_statement, values)).first()
-                if row is None or exposure_limit is None:
-                    return row.id if row else None
-                if conn.dialect.name == "postgresql":
-                    # Serialise one payer's claims: the sum sees every committed claim of
-                    # theirs (read committed) and this transaction's own.
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                                       {"k": f"{p.network}|{p.asset}|{p.payer}"})
-                # Summed here, exactly: SQLite would add uint256 text as floats.
-                open_sum = sum((await conn.execute(
-                    select(payments.c.amount).where(
-                        payments.c.network == p.network, payments.c.asset == p.asset,
-                        payments.c.payer == p.payer, payments.c.state.in_(OPEN_STATES)))
-                ).scalars())
-                if open_sum > exposure_limit:
-                    raise _OverExposed  # rolls the insert back
-                return row.id
-        except _OverExposed:
-            return None
+            units.uint256_text(p.amount)
+        except ValueError as exc:  # as SQLAlchemy reports a bad bind value
+            raise StatementError(str(exc), "INSERT INTO payments", None, exc) from exc
+        if self._writer is not None:
+            try:
+                owned = await self._writer.run(functools.partial(
+                    units.claim, values, exposure_limit))
+            except units.OverExposed:
+                return None
+            return pid if owned else None
+        outcome = await self._claims.run(units.pg_claim_item(values, exposure_limit))
+        return pid if outcome == units.CLAIMED else None
 
     async def find(self, claim_key: str, paygate_id: str,
                    payment_identifier: str | None) -> PaymentRow | None:
@@ -256,6 +246,13 @@ class PaymentStore:
         if new in ("settled", "failed", "void"):
             values["lease_until"] = None
             values["lease_owner"] = None
+        if self._writer is None and len(olds) == 1 and values.keys() == {"state", "updated_at"}:
+            # A plain state move (the request path's): batched.
+            return await self._moves.run((payment_id, olds[0], new, now))
+        if self._writer is not None:
+            bump = values.pop("attempts", None) is not None
+            return await self._writer.run(functools.partial(
+                units.transition, payment_id, olds, values, bump))
         async with self._engine.begin() as conn:
             res = await conn.execute(update(payments).where(
                 payments.c.id == payment_id, payments.c.state.in_(olds)).values(**values))
@@ -323,14 +320,13 @@ class PaymentStore:
                              body_size: int | None = None) -> None:
         """Remember what was served for this payment (first writer wins). With
         `body_kept=False` only the fact is kept: `body` is dropped (it was too large)."""
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        async with self._engine.begin() as conn:
-            await conn.execute(dialect.insert(payment_responses).values(
-                payment_id=payment_id, status=status, headers=json.dumps(headers),
-                body=body if body_kept else b"", complete=int(complete),
-                created_at=self._clock.now(), body_kept=int(body_kept),
-                body_size=len(body) if body_size is None else body_size,
-            ).on_conflict_do_nothing())
+        row = (payment_id, status, json.dumps(headers), body if body_kept else b"",
+               int(complete), self._clock.now(), int(body_kept),
+               len(body) if body_size is None else body_size)
+        if self._writer is not None:
+            await self._writer.run(functools.partial(units.store_response, row))
+        else:
+            await self._responses.run(row)
 
     async def response(self, payment_id: str) -> Stored | None:
         async with self._engine.connect() as conn:

@@ -16,13 +16,14 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sessions import ledger_units as units
 from sessions.lifecycle import LIVE_STATES
 from sessions.records import SESSION_VIEW, Session
-from store import outbox
 from store.clock import Clock
+from store.pgbatch import PgBatch
+from store.writer import sqlite_writer
 from store.schema import session_allowances as allowances
 from store.schema import session_charges, sessions
 
@@ -56,11 +57,6 @@ class Refused:
     session: object
 
 
-class _NoFunds(Exception):
-    pass
-
-
-
 def _of_session(column, *, live: bool):
     """The session's owner or spender (uncorrelated, so the UPDATE below finds its one
     row by primary key); NULL, matching nothing, unless the session is live and unexpired
@@ -72,27 +68,6 @@ def _of_session(column, *, live: bool):
     return query.scalar_subquery()
 
 
-# The money half of a charge, built once (building a statement costs more CPU than
-# running it): take `amount` from the owner's shared allowance if the session is live and
-# unexpired, the owner's view is fresh from the mirror and can cover it. One statement:
-# concurrent charges of the owner's sessions queue on this one row.
-_TAKE_MONEY = (
-    update(allowances)
-    .where(allowances.c.owner == _of_session(sessions.c.owner, live=True),
-           allowances.c.spender == _of_session(sessions.c.spender, live=True),
-           allowances.c.mirror_at > bindparam("fresh_after"),
-           allowances.c.allowance - allowances.c.outstanding >= bindparam("amount"))
-    .values(outstanding=allowances.c.outstanding + bindparam("amount"))
-    .returning((allowances.c.allowance - allowances.c.outstanding).label("left")))
-
-# The session's own counters. Still conditional: a session ended by a concurrent
-# transaction since the claim above read it is not charged (the whole charge rolls back).
-_COUNT_CALL = (
-    update(sessions)
-    .where(sessions.c.id == bindparam("sid"), sessions.c.state.in_(LIVE_STATES))
-    .values(spent=sessions.c.spent + bindparam("amount"), calls=sessions.c.calls + 1,
-            state="active"))
-
 _GIVE_BACK = (
     update(allowances)
     .where(allowances.c.owner == _of_session(sessions.c.owner, live=False),
@@ -101,18 +76,22 @@ _GIVE_BACK = (
 
 
 class Ledger:
+    """The ledger on one store. Writes that answer a call (charge, keep, the stored
+    response) are group-committed: on SQLite through the store's writer thread
+    (store.writer), on PostgreSQL in one statement per batch (store.pgbatch, the function
+    of store.pgfunctions). Either way a call's write is acknowledged only once committed,
+    and concurrent calls share one commit."""
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
-
-    def _insert(self, table):
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(table)
-
-    @functools.cached_property
-    def _claim_key(self):
-        return self._insert(session_charges).on_conflict_do_nothing().returning(
-            session_charges.c.id)
+        self._sqlite = engine.dialect.name == "sqlite"
+        if self._sqlite:
+            self._writer = sqlite_writer(engine)
+        else:
+            self._charge_batch = PgBatch(engine, units.pg_charges)
+            self._keep_batch = PgBatch(engine, units.pg_keeps)
+            self._record_batch = PgBatch(engine, units.pg_records)
 
     async def charge(self, session_id: str, key: str, fingerprint: str, amount: int, *,
                      fresh_after: float) -> Charged | Replay | KeyConflict | Refused:
@@ -120,57 +99,50 @@ class Ledger:
 
         The session must be live (active or exhausted: what is left decides, not the
         label) and unexpired; its owner's shared allowance refreshed from the mirror
-        after `fresh_after`, with `allowance - outstanding >= amount`."""
+        after `fresh_after`, with `allowance - outstanding >= amount`. Returns once the
+        charge is durable."""
         now = self._clock.now()
         charge_id = secrets.token_hex(16)
-        try:
-            async with self._engine.begin() as conn:
-                claimed = (await conn.execute(self._claim_key, dict(
-                    id=charge_id, session_id=session_id, idempotency_key=key,
-                    fingerprint=fingerprint, amount=amount, state="pending", pull_id=None,
-                    created_at=now))).first()
-                if claimed is None:
-                    return await self._existing(conn, session_id, key, fingerprint)
-                row = (await conn.execute(_TAKE_MONEY, {
-                    "sid": session_id, "now": now, "fresh_after": fresh_after,
-                    "amount": amount})).first()
-                if row is None:
-                    raise _NoFunds  # rolls back the key claim with it
-                counted = await conn.execute(_COUNT_CALL, {"sid": session_id, "amount": amount})
-                if counted.rowcount != 1:
-                    raise _NoFunds
-                await outbox.allowance_charged(conn, session_id, int(row.left), amount)
-                return Charged(charge_id, int(row.left))
-        except _NoFunds:
-            async with self._engine.connect() as conn:
-                current = (await conn.execute(
-                    SESSION_VIEW.where(sessions.c.id == session_id))).first()
-            return Refused(Session.from_row(current) if current else None)
+        if self._sqlite:
+            try:
+                got = await self._writer.run(functools.partial(
+                    units.sqlite_charge, charge_id, session_id, key, fingerprint, amount,
+                    fresh_after, now))
+            except units.NoFunds:
+                return await self._refused(session_id)
+            if isinstance(got, int):
+                return Charged(charge_id, got)
+            return _existing(got, fingerprint)
+        outcome, left = await self._charge_batch.run(
+            (charge_id, session_id, key, fingerprint, amount, fresh_after, now))
+        if outcome == units.CHARGED:
+            return Charged(charge_id, int(left))
+        if outcome == units.REFUSED:
+            return await self._refused(session_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(session_charges).where(
+                session_charges.c.session_id == session_id,
+                session_charges.c.idempotency_key == key))).first()
+        return _existing(row and (row.fingerprint, row.status, row.headers, row.body),
+                         fingerprint)
 
-    async def _existing(self, conn, session_id: str, key: str,
-                        fingerprint: str) -> Replay | KeyConflict:
-        row = (await conn.execute(select(session_charges).where(
-            session_charges.c.session_id == session_id,
-            session_charges.c.idempotency_key == key))).first()
-        if row is None:
-            # The claim met a row that is gone now (reversed after its origin failed): the
-            # key is free again, so this is "retry", not "another request".
-            return KeyConflict("in_flight")
-        if row.fingerprint != fingerprint:
-            return KeyConflict("reused")
-        if row.status is None:
-            return KeyConflict("in_flight")
-        return Replay(row.status, [tuple(h) for h in json.loads(row.headers)], bytes(row.body))
+    async def _refused(self, session_id: str) -> Refused:
+        async with self._engine.connect() as conn:
+            current = (await conn.execute(
+                SESSION_VIEW.where(sessions.c.id == session_id))).first()
+        return Refused(Session.from_row(current) if current else None)
 
     async def keep(self, charge_id: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(session_charges).where(
-                session_charges.c.id == charge_id, session_charges.c.state == "pending")
-                .values(state="kept"))
+        if self._sqlite:
+            await self._writer.run(functools.partial(units.sqlite_keep, charge_id))
+        else:
+            await self._keep_batch.run((charge_id,))
 
     async def reverse(self, charge_id: str) -> bool:
         """Undo a pending charge (the origin failed); True if it was undone now. The row
         goes with it, so the caller may retry with the same idempotency key."""
+        if self._sqlite:
+            return await self._writer.run(functools.partial(units.sqlite_reverse, charge_id))
         async with self._engine.begin() as conn:
             row = (await conn.execute(delete(session_charges).where(
                 session_charges.c.id == charge_id, session_charges.c.state == "pending")
@@ -192,13 +164,33 @@ class Ledger:
         return sum([await self.reverse(cid) for cid in ids])
 
     async def record_response(self, charge_id: str, status: int,
-                              headers: list[tuple[str, str]], body: bytes) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(session_charges).where(session_charges.c.id == charge_id)
-                               .values(status=status, headers=json.dumps(headers), body=body))
+                              headers: list[tuple[str, str]], body: bytes, *,
+                              keep: bool = False) -> None:
+        """Store the response served for the charge (replayed to a retry of its key);
+        with `keep`, also keep the charge if it is still pending, in the same write."""
+        headers_json = json.dumps(headers)
+        if self._sqlite:
+            await self._writer.run(functools.partial(
+                units.sqlite_record, charge_id, status, headers_json, body, keep))
+        else:
+            await self._record_batch.run((charge_id, status, headers_json, body, keep))
 
     async def charges(self, session_id: str) -> list:
         async with self._engine.connect() as conn:
             return list((await conn.execute(select(session_charges).where(
                 session_charges.c.session_id == session_id)
                 .order_by(session_charges.c.created_at))).all())
+
+
+def _existing(row, fingerprint: str) -> Replay | KeyConflict:
+    """What a call whose key is taken gets: `row` is (fingerprint, status, headers, body)
+    of the charge holding the key, or None if it is gone now (reversed after its origin
+    failed: the key is free again, so this is "retry", not "another request")."""
+    if row is None:
+        return KeyConflict("in_flight")
+    their_fingerprint, status, headers, body = row
+    if their_fingerprint != fingerprint:
+        return KeyConflict("reused")
+    if status is None:
+        return KeyConflict("in_flight")
+    return Replay(status, [tuple(h) for h in json.loads(headers)], bytes(body))

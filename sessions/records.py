@@ -7,6 +7,7 @@ instances racing on the same row cannot both move it.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -89,10 +90,14 @@ SESSION_VIEW = select(
 
 
 class SessionRecords:
+    IDENTITY_TTL = 5.0  # seconds a token's session stays in the in-process cache
+    _IDENTITY_MAX = 100_000
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
         self.allowances = Allowances(engine, clock)
+        self._identities: dict[str, tuple[float, Session]] = {}
 
     # -- activation nonces ------------------------------------------------------------
 
@@ -154,6 +159,27 @@ class SessionRecords:
             row = (await conn.execute(SESSION_VIEW.where(
                 sessions.c.token_hash == hash_token(token)))).first()
         return Session.from_row(row) if row else None
+
+    async def identity(self, token: str) -> Session | None:
+        """The session of `token` for routing a call: its id, paygate and owner are
+        exact (they never change), the rest may be up to `IDENTITY_TTL` seconds old.
+        Nothing may be decided on those other fields: the charge itself checks state,
+        expiry and money in the store, so a stale entry can never spend money. Unknown
+        tokens are not cached (another instance may open that session a moment later)."""
+        digest = hash_token(token)
+        now = time.monotonic()
+        hit = self._identities.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(SESSION_VIEW.where(sessions.c.token_hash == digest))).first()
+        if row is None:
+            return None
+        session = Session.from_row(row)
+        if len(self._identities) >= self._IDENTITY_MAX:
+            self._identities.clear()  # rare; a cold cache only costs reads
+        self._identities[digest] = (now + self.IDENTITY_TTL, session)
+        return session
 
     async def move(self, session_id: str, new: str, *, only_from: Iterable[str] | None = None) -> bool:
         """Change state if the table allows it from the current state."""

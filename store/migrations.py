@@ -110,6 +110,18 @@ def _payments_v5(conn: Connection) -> None:
     _add_missing_columns(conn, "payment_responses", ("body_kept", "body_size"))
 
 
+def _hot_path(conn: Connection) -> None:
+    """Version 9: what the hot path needs from the schema, idempotent: an index for the
+    deferred-exposure sum of a claim (a payer's open payments), and on PostgreSQL the
+    stored functions of store.pgfunctions (`CREATE OR REPLACE`)."""
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_payments_exposure "
+                         "ON payments (payer, network, asset, state, amount)")
+    if conn.dialect.name == "postgresql":
+        from store.pgfunctions import FUNCTIONS  # the SQL is long: it lives with its docs
+        for ddl in FUNCTIONS:
+            conn.exec_driver_sql(ddl)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
@@ -123,6 +135,8 @@ MIGRATIONS: list[Migration] = [
     Migration(7, "admin API keys, runtime paygates, webhooks", _create(
         "api_keys", "admin_signatures", "runtime_paygates", "paygate_state",
         "webhook_endpoints", "webhook_events", "webhook_deliveries")),
+    Migration(9, "hot path: payer exposure index; PostgreSQL batched session charges",
+              _hot_path),
 ]
 
 

@@ -104,3 +104,53 @@ async def payment_finished(conn: AsyncConnection, payment_id: str, new_state: st
             "payment": payment_id, "rail": row.rail, "network": row.network,
             "asset": row.asset, "payer": row.payer, "pay_to": row.pay_to,
             "amount": str(int(row.amount)), "tx_hash": row.tx_hash, "error": row.error})
+
+
+# -- the same events from the raw SQLite units of the hot path (store.writer) -------------
+# Those units run on the writer thread's own sqlite3 connection, inside the savepoint of
+# the change; these write the event in that same savepoint.
+
+_INSERT_SQLITE = ("INSERT INTO webhook_events (id, type, paygate_id, provider, data, created_at, "
+                  "fanned_out) VALUES (?, ?, ?, NULL, ?, ?, 0)")
+
+
+def emit_sqlite(conn, event_type: str, *, paygate_id: str | None, data: dict[str, Any],
+                now: float) -> str:
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    event_id = "evt_" + secrets.token_hex(12)
+    conn.execute(_INSERT_SQLITE, (event_id, event_type, paygate_id,
+                                  json.dumps(data, sort_keys=True, default=str), now))
+    return event_id
+
+
+def low_thresholds() -> list[int]:
+    """The `allowance.low` thresholds some endpoint set (what the PostgreSQL charge
+    function is given, to emit the event inside its own transaction)."""
+    return list(_low_thresholds)
+
+
+def allowance_charged_sqlite(conn, session_id: str, left: int, amount: int, now: float) -> None:
+    """`allowance_charged` for a raw SQLite unit."""
+    before = left + amount
+    if not any(left < t <= before for t in _low_thresholds):
+        return
+    row = conn.execute("SELECT paygate_id, owner FROM sessions WHERE id = ?",
+                       (session_id,)).fetchone()
+    if row is not None:
+        emit_sqlite(conn, "allowance.low", paygate_id=row[0], now=now, data={
+            "session": session_id, "owner": row[1], "remaining": left, "previous": before})
+
+
+def payment_finished_sqlite(conn, payment_id: str, new_state: str, now: float) -> None:
+    """`payment_finished` for a raw SQLite unit."""
+    if new_state not in ("settled", "failed"):
+        return
+    row = conn.execute(
+        "SELECT paygate_id, rail, network, asset, payer, pay_to, amount, tx_hash, error "
+        "FROM payments WHERE id = ?", (payment_id,)).fetchone()
+    if row is not None:
+        emit_sqlite(conn, f"payment.{new_state}", paygate_id=row[0], now=now, data={
+            "payment": payment_id, "rail": row[1], "network": row[2], "asset": row[3],
+            "payer": row[4], "pay_to": row[5], "amount": str(int(row[6])),
+            "tx_hash": row[7], "error": row[8]})

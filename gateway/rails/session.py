@@ -120,7 +120,7 @@ class SessionRail:
         if not _KEY.fullmatch(key):
             raise BadRequest("Idempotency-Key must be 1-200 visible ASCII characters",
                              code="invalid_idempotency_key")
-        session = await self.records.by_token(token or "")
+        session = await self.records.identity(token or "")
         if session is None:
             raise PaymentRejected("session_unknown", "unknown session token",
                                   self.top_up(pg.id))
@@ -182,16 +182,20 @@ class SessionRail:
                               f"call ({amount}); approve more to go on", extra)
 
     async def complete(self, charge: Charge, status: int) -> dict[str, str]:
+        """A failed origin call is reversed now. A served one is kept in `record`, in the
+        same durable write as its stored response (one write per call after the charge):
+        if the gateway dies before that, the charge stays pending and is reversed as
+        abandoned, so the caller is never charged for a response never recorded."""
         charge_id, charge_below = charge.ref
         if status >= charge_below:
             await self.ledger.reverse(charge_id)
             return {}
-        await self.ledger.keep(charge_id)
         return {"X-Tollgate-Remaining": str(charge.remaining)}
 
     async def record(self, charge: Charge, response: StoredResponse) -> None:
-        await self.ledger.record_response(charge.ref[0], response.status, response.headers,
-                                          response.body)
+        charge_id, charge_below = charge.ref
+        await self.ledger.record_response(charge_id, response.status, response.headers,
+                                          response.body, keep=response.status < charge_below)
 
     # -- background work -------------------------------------------------------------------
 

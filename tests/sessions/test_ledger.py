@@ -423,3 +423,41 @@ async def test_a_key_freed_while_its_retry_looks_it_up_is_not_reused(postgres_en
     assert reversed_now == [True]
     assert retry == KeyConflict("in_flight")
     assert isinstance(await charge(ledger, clock, session, key="k"), Charged)
+
+
+# -- the in-process session cache ----------------------------------------------------------
+
+
+async def test_a_stale_cached_session_never_spends(engine, ledger, records, clock):
+    """The rail finds a call's session in a short-TTL cache; a session revoked (or
+    drained) since it was cached must still get no charge: the charge decides on the
+    store's state, never on the cached one."""
+    token = new_token()
+    assert await records.identity(token) is None  # not cached: it may exist a moment later
+    nonce, _ = await records.issue_nonce("pg", OWNER, 600)
+    session = await records.create_session(nonce=nonce, token=token, paygate_id="pg",
+                                           owner=OWNER, spender=SPENDER, allowance=5 * PRICE,
+                                           ttl=3600)
+    cached = await records.identity(token)
+    assert cached is not None and cached.id == session.id and cached.state == "active"
+    assert await records.move(session.id, "revoked")
+    stale = await records.identity(token)
+    assert stale.state == "active"  # the cache is stale...
+    got = await ledger.charge(stale.id, "k", "fp", PRICE, fresh_after=fresh(clock))
+    assert isinstance(got, Refused) and got.session.state == "revoked"  # ...and spends nothing
+    after = await records.get(session.id)
+    assert (after.outstanding, after.spent, after.calls) == (0, 0, 0)
+    assert await count(engine, session_charges) == 0
+
+
+async def test_a_charge_kept_with_its_response_in_one_write(engine, ledger, records, clock,
+                                                             open_session):
+    session = await open_session(allowance=5 * PRICE)
+    got = await charge(ledger, clock, session, key="k")
+    await ledger.record_response(got.charge_id, 200, [("A", "b")], b"body", keep=True)
+    failed = await charge(ledger, clock, session, key="k2")
+    await ledger.record_response(failed.charge_id, 500, [], b"", keep=False)
+    states = {r.id: r.state for r in await ledger.charges(session.id)}
+    assert states == {got.charge_id: "kept", failed.charge_id: "pending"}
+    assert await ledger.reverse(got.charge_id) is False  # kept: no longer reversible
+    assert await charge(ledger, clock, session, key="k") == Replay(200, [("A", "b")], b"body")

@@ -45,14 +45,16 @@ async def test_version_6_database_upgrades(engine):
             # a v6 database lacks the new tables (metadata-wide create was not used)
             have = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert not have & set(NEW)
-    assert await migrations.pending(engine) == [7]
-    assert await migrations.migrate(engine) == [7]
+    later = [m.version for m in migrations.MIGRATIONS if m.version >= 7]
+    expected = [7] if engine.dialect.name == "postgresql" else later
+    assert await migrations.pending(engine) == expected
+    assert await migrations.migrate(engine) == expected
     async with engine.connect() as conn:
         have = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
         assert set(NEW) <= have
         assert (await conn.execute(select(schema.schema_migrations.c.version)
                                    .order_by(schema.schema_migrations.c.version))
-                ).scalars().all()[-1] == 7
+                ).scalars().all()[-1] == later[-1]
     async with engine.begin() as conn:  # idempotent: running the upgrade again is a no-op
-        await conn.run_sync(migrations.MIGRATIONS[-1].upgrade)
+        await conn.run_sync(next(m for m in migrations.MIGRATIONS if m.version == 7).upgrade)
     assert await migrations.migrate(engine) == []

@@ -1,0 +1,193 @@
+"""Group-committed durable writes for SQLite: one writer thread, one COMMIT per batch.
+
+A *unit of work* is a plain function given the writer's raw `sqlite3.Connection`; it runs
+inside its own SAVEPOINT, so a unit that raises is rolled back alone (its exception goes
+to its caller) while the others of the batch still commit. Every unit that is waiting when
+the thread comes round goes into the same transaction, and each caller's future is
+resolved only after that transaction's COMMIT returned: nothing is acknowledged before it
+is durable, and concurrent callers share one fsync.
+
+Contracts:
+
+- `run(unit)` returns the unit's result (or raises its exception) after the batch holding
+  it committed. If the COMMIT itself fails, every unit of the batch raises that error and
+  none of their changes is kept.
+- Units run one at a time, in arrival order, on one connection: a unit sees the effects
+  of every unit before it, and nothing else writes between its statements (other SQLite
+  connections of the process wait on the file lock).
+- The connection runs with `synchronous=FULL` in WAL mode: a committed batch survives a
+  power loss, not just a crash of the process.
+- A unit must not COMMIT, ROLLBACK or release savepoints it did not open, and must not
+  await anything: it runs on the writer thread, away from the event loop.
+
+Extra statements that must commit with a change (an outbox row, say) go inside the same
+unit: whatever the function does on the connection is part of the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+Unit = Callable[[sqlite3.Connection], Any]
+
+_IDLE_SECONDS = 2.0  # the thread closes its connection and exits after this long idle
+_MAX_BATCH = 512  # units per transaction: bounds how long one COMMIT keeps callers waiting
+_LOCK_WAIT_SECONDS = 30.0  # as the engines' busy_timeout (store.db)
+
+
+class SqliteWriter:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pending = 0  # units queued or running; guarded by _lock
+
+    async def run(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._pending += 1
+            self._queue.put((unit, future, loop))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="tollgate-sqlite-writer",
+                                                daemon=True)
+                self._thread.start()
+        return await future
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None,
+                               check_same_thread=False, cached_statements=256)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        # No busy handler: SQLite's sleeps 1, 2, 5 ... 100 ms between tries, and a batch
+        # stalled that long stalls every caller queued behind it. `_begin` polls instead.
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _serve(self) -> None:
+        conn = None
+        try:
+            conn = self._connect()
+            while True:
+                try:
+                    first = self._queue.get(timeout=_IDLE_SECONDS)
+                except queue.Empty:
+                    with self._lock:
+                        if self._pending == 0:
+                            self._thread = None
+                            return
+                    continue
+                batch = [first]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                outcomes = self._commit(conn, batch)
+                with self._lock:
+                    self._pending -= len(batch)
+                _resolve(batch, outcomes)
+        except BaseException as exc:  # the connection could not be opened: fail the waiters
+            with self._lock:
+                self._thread = None
+                waiting = []
+                while True:
+                    try:
+                        waiting.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._pending -= len(waiting)
+            _resolve(waiting, [(False, exc)] * len(waiting))
+            raise
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            _begin(conn)
+            for unit, _future, _loop in batch:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    result = unit(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE unit")
+                    outcomes.append((True, result))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [(False, exc)] * len(batch)
+        return outcomes
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE: take the write lock now rather than fail on upgrading a read lock
+    in the middle of the batch. Another connection of the file (the cold paths' pool)
+    may hold it: poll every 0.2 ms, so the lock is taken as soon as it is free, for up
+    to `_LOCK_WAIT_SECONDS`. (In WAL mode no later statement of the batch waits for a
+    lock: readers never block the writer.)"""
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.0002)
+
+
+def _resolve(batch: list, outcomes: list[tuple[bool, Any]]) -> None:
+    """Hand the outcomes to the callers' loops: one wake-up per loop, not per unit."""
+    per_loop: dict = {}
+    for (_unit, future, loop), outcome in zip(batch, outcomes):
+        per_loop.setdefault(loop, []).append((future, outcome))
+    for loop, items in per_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
+
+
+def _settle(items: list) -> None:
+    for future, (ok, value) in items:
+        if future.done():  # the caller was cancelled; the change stands regardless
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+_writers: "weakref.WeakKeyDictionary[Any, SqliteWriter]" = weakref.WeakKeyDictionary()
+_writers_lock = threading.Lock()
+
+
+def sqlite_writer(engine) -> SqliteWriter:
+    """The writer of this SQLite engine's database file (one per engine)."""
+    key = engine.sync_engine
+    with _writers_lock:
+        writer = _writers.get(key)
+        if writer is None:
+            database = engine.url.database or ""
+            if not database or database == ":memory:":
+                raise ValueError("the SQLite writer needs a database file, not :memory:")
+            writer = _writers[key] = SqliteWriter(str(Path(database)))
+        return writer
