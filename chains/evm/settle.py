@@ -46,7 +46,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector
-from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, used_outcome
+from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, item_paid, used_outcome
 from chains.payments import SettleOutcome
 
 __all__ = [
@@ -111,6 +111,8 @@ class TxReceipt:
     success: bool
     block_number: int
     gas_used: int
+    to: str | None = None  # the contract called: the token, or a batch contract
+    logs: tuple = ()
 
     @property
     def status(self) -> Literal["success", "reverted"]:
@@ -123,6 +125,8 @@ class TxReceipt:
             success=int(receipt["status"], 16) == 1,
             block_number=int(receipt["blockNumber"], 16),
             gas_used=int(receipt["gasUsed"], 16),
+            to=receipt.get("to"),
+            logs=tuple(receipt.get("logs") or ()),
         )
 
 
@@ -441,6 +445,10 @@ class Settler:
     async def _classify(
         self, receipt: TxReceipt, token: str | None = None, auth: TransferAuthorization | None = None
     ) -> SettleOutcome:
+        if receipt.success and token is not None and auth is not None and receipt.to \
+                and receipt.to.lower() != token.lower():
+            # A batch transaction: it succeeds whatever happened to each transfer in it.
+            return await self._batch_item_outcome(receipt, token, auth)
         if receipt.success:
             return SettleOutcome(
                 "settled", receipt.tx_hash, block_number=receipt.block_number, gas_used=receipt.gas_used
@@ -461,6 +469,25 @@ class Settler:
             block_number=receipt.block_number,
             gas_used=receipt.gas_used,
         )
+
+    async def _batch_item_outcome(
+        self, receipt: TxReceipt, token: str, auth: TransferAuthorization
+    ) -> SettleOutcome:
+        """This authorization's fate in a mined batch transaction (see chains.evm.batch).
+
+        ``settled`` only if the receipt's token logs show this very transfer. Otherwise: used
+        on chain by something else -> whatever :func:`used_outcome` finds (another transaction
+        of ours may have paid it); still unused -> ``failed`` with ``settlement_pending``: this
+        attempt is over and never will pay, so the caller may settle the authorization again
+        while it is valid (the token refuses a second use of its nonce)."""
+        if item_paid(list(receipt.logs), token, auth):
+            return SettleOutcome("settled", receipt.tx_hash, block_number=receipt.block_number,
+                                 gas_used=receipt.gas_used)
+        if await self.rpc.authorization_state(token, auth.from_, auth.nonce):
+            return await self._used_outcome(token, auth, receipt.tx_hash)
+        return SettleOutcome("failed", receipt.tx_hash, SETTLEMENT_PENDING,
+                             "not transferred in its batch transaction; the authorization is unused",
+                             block_number=receipt.block_number)
 
     async def _revert_detail(self, receipt: TxReceipt) -> str | None:
         """Recover a revert message by replaying the tx as eth_call on its block's state.

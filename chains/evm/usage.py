@@ -19,7 +19,7 @@ from chains.payments import SettleOutcome
 if TYPE_CHECKING:
     from chains.evm.settle import TransferAuthorization
 
-__all__ = ["used_outcome", "NONCE_ALREADY_USED", "SETTLEMENT_PENDING"]
+__all__ = ["used_outcome", "item_paid", "NONCE_ALREADY_USED", "SETTLEMENT_PENDING"]
 
 TOPIC_TRANSFER = keccak(text="Transfer(address,address,uint256)")
 TOPIC_AUTHORIZATION_USED = keccak(text="AuthorizationUsed(address,bytes32)")
@@ -34,13 +34,28 @@ def _topic_address(address: str) -> str:
 
 
 def _pays(receipt: dict, token: str, auth: "TransferAuthorization") -> bool:
-    """Did this receipt's token emit Transfer(auth.from_ -> auth.to, auth.value)?"""
-    want = [to_hex(TOPIC_TRANSFER), _topic_address(auth.from_), _topic_address(auth.to)]
-    for entry in receipt.get("logs") or []:
-        if str(entry.get("address", "")).lower() != token.lower():
+    return item_paid(receipt.get("logs") or [], token, auth)
+
+
+def item_paid(logs: list[dict], token: str, auth: "TransferAuthorization") -> bool:
+    """Do these receipt logs show the token using this authorization to pay it?
+
+    True only for the token's ``AuthorizationUsed(auth.from_, auth.nonce)`` immediately
+    followed (next log of the token) by its ``Transfer(auth.from_ -> auth.to, auth.value)``:
+    the token emits that pair for one transferWithAuthorization. Pairing the two matters in
+    a batch transaction, where another item may move the same value between the same
+    accounts under another nonce.
+    """
+    used = [to_hex(TOPIC_AUTHORIZATION_USED), _topic_address(auth.from_), to_hex(auth.nonce)]
+    paid = [to_hex(TOPIC_TRANSFER), _topic_address(auth.from_), _topic_address(auth.to)]
+    mine = [e for e in sorted(logs, key=lambda e: int(str(e.get("logIndex") or "0x0"), 16))
+            if str(e.get("address", "")).lower() == token.lower()]
+    for i, entry in enumerate(mine[:-1]):
+        if [str(t).lower() for t in entry.get("topics") or []] != used:
             continue
-        topics = [str(t).lower() for t in entry.get("topics") or []]
-        if topics == want and abi_decode(["uint256"], from_hex(entry["data"]))[0] == auth.value:
+        nxt = mine[i + 1]
+        if [str(t).lower() for t in nxt.get("topics") or []] == paid \
+                and abi_decode(["uint256"], from_hex(nxt["data"]))[0] == auth.value:
             return True
     return False
 
