@@ -28,6 +28,7 @@ Amounts are uint256 (store.schema.Uint256) and are summed here in Python, exactl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import secrets
@@ -39,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.clock import Clock
-from store.schema import payment_responses, payments
+from store.schema import payment_responses, payments, settlement_txs
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "verified": frozenset({"settling", "queued", "void"}),
@@ -152,6 +153,19 @@ class Stored:
     created_at: float = 0.0
     body_kept: bool = True  # False: the body was over the size limit and is not stored
     body_size: int | None = None  # bytes served, when known
+
+
+@dataclass(frozen=True)
+class TxPersist:
+    """Persists one payment's signed settlement transaction before it is sent: called as
+    ``await persist(tx_hash, raw)``. A batch settler that holds several of these for one
+    store writes the batch once and links them all (:meth:`PaymentStore.persist_batch`)."""
+
+    store: "PaymentStore"
+    payment_id: str
+
+    async def __call__(self, tx_hash: str, raw: bytes | None = None) -> None:
+        await self.store.set_tx_hash(self.payment_id, tx_hash, raw)
 
 
 class _OverExposed(Exception):
@@ -269,6 +283,29 @@ class PaymentStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
 
+    async def persist_batch(self, payment_ids: Iterable[str], tx_hash: str, raw_tx: bytes) -> None:
+        """One durable write before a batch transaction is sent: its signed bytes (once, in
+        `settlement_txs`) and its hash on every payment in it. Recovery finds the bytes by
+        the hash (`lease` returns them as the row's `raw_tx`) and re-sends them."""
+        ids = list(payment_ids)
+        now = self._clock.now()
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        async with self._engine.begin() as conn:
+            await conn.execute(dialect.insert(settlement_txs).values(
+                tx_hash=tx_hash, raw_tx=raw_tx.hex(), created_at=now).on_conflict_do_nothing())
+            await conn.execute(update(payments).where(payments.c.id.in_(ids))
+                               .values(tx_hash=tx_hash, raw_tx=None, updated_at=now))
+
+    async def _with_batch_raw(self, conn, rows: list[PaymentRow]) -> list[PaymentRow]:
+        """Rows whose transaction is a batch get its persisted bytes as their `raw_tx`."""
+        want = {r.tx_hash for r in rows if r.tx_hash and r.raw_tx is None}
+        if not want:
+            return rows
+        found = dict((await conn.execute(select(settlement_txs.c.tx_hash, settlement_txs.c.raw_tx)
+                                         .where(settlement_txs.c.tx_hash.in_(want)))).all())
+        return [dataclasses.replace(r, raw_tx=bytes.fromhex(found[r.tx_hash]))
+                if r.raw_tx is None and r.tx_hash in found else r for r in rows]
+
     async def lease(self, states: Iterable[str], lease_seconds: float, limit: int,
                     older_than: float = 0, owner: str | None = None) -> list[PaymentRow]:
         """Take up to `limit` rows in `states` whose lease is free or lapsed (and that were
@@ -292,7 +329,7 @@ class PaymentStore:
                 update(payments).where(payments.c.id.in_(ids), free)
                 .values(lease_until=now + lease_seconds, lease_owner=owner)
                 .returning(*payments.c))).all()
-        out = [PaymentRow.from_row(r) for r in rows]
+            out = await self._with_batch_raw(conn, [PaymentRow.from_row(r) for r in rows])
         out.sort(key=lambda r: (r.valid_before is None, r.valid_before or 0))
         return out
 

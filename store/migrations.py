@@ -120,6 +120,7 @@ MIGRATIONS: list[Migration] = [
     Migration(6, "payments: persisted signed tx, lease owner, authorization expiry",
               lambda conn: _add_missing_columns(conn, "payments",
                                                 ("raw_tx", "lease_owner", "valid_before"))),
+    Migration(10, "batch settlement transactions", _create("settlement_txs")),
 ]
 
 
