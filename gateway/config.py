@@ -172,6 +172,8 @@ class EvmNetworkConfig(_Model):
     # it each settlement is its own transaction (pipelined: no wait for earlier receipts).
     batch_contract: str | None = None
     batch_max_items: int = Field(200, ge=1, le=400)  # ~70k gas each; a block holds ~419
+    # how long the first settlement of a batch waits for others (a full batch goes at once)
+    batch_linger_seconds: float = Field(0.02, ge=0, le=60)
 
     _urls = field_validator("rpc_url", "facilitator_url")(
         lambda v: v if v is None else _check_http_url(v))

@@ -106,14 +106,15 @@ class BatchSettler:
     """Batches :meth:`settle` calls for one batch contract; sends with ``settler``'s key."""
 
     def __init__(self, settler: Settler, contract: str, *, max_items: int = 200,
-                 linger: float = 0.01, receipt_timeout: float = 30.0) -> None:
+                 linger: float = 0.02, receipt_timeout: float = 30.0) -> None:
         self.settler = settler
         self.rpc = settler.rpc
         self.contract = to_checksum_address(contract)
         self.max_items = max(1, min(max_items, MAX_BATCH_ITEMS))
-        self.linger = linger  # how long a first arrival waits for company
+        self.linger = linger  # how long a first arrival waits for company (less if it fills)
         self.receipt_timeout = receipt_timeout
         self._pending: list[_Item] = []
+        self._full = asyncio.Event()
         self._flusher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.batches_sent = 0  # counters for benches and logs
@@ -126,6 +127,8 @@ class BatchSettler:
         item = _Item(to_checksum_address(token), auth, signature, persist,
                      asyncio.get_running_loop().create_future())
         self._pending.append(item)
+        if len(self._pending) >= self.max_items:
+            self._full.set()  # a full batch need not wait for company
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return await item.future
@@ -133,7 +136,12 @@ class BatchSettler:
     async def _flush(self) -> None:
         """Send batches while anything is queued, one at a time; then end (the next
         arrival starts a new flusher)."""
-        await asyncio.sleep(self.linger)
+        if len(self._pending) < self.max_items:
+            self._full.clear()
+            try:
+                await asyncio.wait_for(self._full.wait(), self.linger)
+            except asyncio.TimeoutError:
+                pass
         while self._pending:
             token = self._pending[0].token
             batch = [it for it in self._pending if it.token == token][: self.max_items]

@@ -62,6 +62,7 @@ class EvmNetwork:
             if cfg.batch_contract:
                 self.batcher = BatchSettler(self.settler, cfg.batch_contract,
                                             max_items=cfg.batch_max_items,
+                                            linger=cfg.batch_linger_seconds,
                                             receipt_timeout=cfg.receipt_timeout_seconds)
 
     async def aclose(self) -> None:
