@@ -10,7 +10,8 @@ and the SettlementBatch contract (chains.evm.devnet):
       (a) `single`: chains.evm.settle.Settler, one transaction each, pipelined (all in
           flight at once, no transaction waits for another's receipt), and
       (b) `batch`: chains.evm.batch.BatchSettler through the batch contract,
-      offered at `--rate` per second (0 = all at once); settlements/s = settled / time from
+      offered at `--rate` per second (0 = all at once), at most 1000 in flight (as the
+      gateway's worker); settlements/s = settled / time from
       the first offer to the last outcome, plus per-settlement latency p50/p99 and how many
       transactions it took.
   (2) gateway: `python -m gateway serve` (SQLite, `deferred` settlement, the worker on, the
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_gateway import SETTLER_ENV, free_port, serve_origin, spawn, stop, wait_http  # noqa: E402
 
 OPEN = ("verified", "queued", "settling", "unknown")
+IN_FLIGHT = 1000  # settlements in flight at once, as the gateway's worker (WORKER_BATCH)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -80,15 +82,17 @@ async def chain_run(devnet, mode: str, signed: list, rate: float) -> dict:
 
     async with RpcClient(devnet.rpc_url) as rpc:
         settler = Settler(rpc, devnet.settler.private_key)
-        batcher = BatchSettler(settler, devnet.batch_address, max_items=400, receipt_timeout=120)
+        batcher = BatchSettler(settler, devnet.batch_address, max_items=200, receipt_timeout=120)
         latencies: list[float] = []
+        in_flight = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(auth, sig):
             t0 = time.perf_counter()
-            if mode == "batch":
-                outcome = await batcher.settle(devnet.token_address, auth, sig)
-            else:
-                outcome = await settler.settle(devnet.token_address, auth, sig, timeout=120)
+            async with in_flight:
+                if mode == "batch":
+                    outcome = await batcher.settle(devnet.token_address, auth, sig)
+                else:
+                    outcome = await settler.settle(devnet.token_address, auth, sig, timeout=120)
             latencies.append(time.perf_counter() - t0)
             return outcome
 

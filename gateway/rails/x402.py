@@ -60,7 +60,7 @@ UNKNOWN_RECHECK_SECONDS = 2.0  # an unresolved settlement is asked about again a
 # Payments one instance works on at once in the background. Settlements are pipelined (and
 # batched where the chain has a batch contract): none waits for another's receipt, so this
 # bounds throughput at about WORKER_BATCH per receipt wait (one or two blocks).
-WORKER_BATCH = 400
+WORKER_BATCH = 1000
 GATHER_SECONDS = 0.2  # a worker that drained the queue waits this long before the next pass
 
 

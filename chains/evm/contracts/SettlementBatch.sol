@@ -22,7 +22,7 @@ interface IEIP3009 {
 /// @dev    Holds no funds, has no owner and no state: anyone may call it, and it can do nothing
 ///         the authorizations themselves do not allow (the token checks every signature; the
 ///         caller of transferWithAuthorization is irrelevant to it). Per-item results are the
-///         return value (for a simulation with eth_call) and, for a mined transaction, the
+///         return values (for a simulation with eth_call) and, for a mined transaction, the
 ///         token's own AuthorizationUsed + Transfer logs (success) or this contract's
 ///         TransferFailed log with the revert data (failure).
 contract SettlementBatch {
@@ -41,7 +41,13 @@ contract SettlementBatch {
     event TransferFailed(uint256 indexed index, bytes reason);
 
     /// @return ok ok[i] is true when items[i] was transferred.
-    function settle(address token, Authorization[] calldata items) external returns (bool[] memory ok) {
+    /// @return gasUsed gas spent in the loop: a simulation (eth_call) sizes the transaction's
+    ///         gas limit from it without a gas-estimation search.
+    function settle(address token, Authorization[] calldata items)
+        external
+        returns (bool[] memory ok, uint256 gasUsed)
+    {
+        uint256 start = gasleft();
         // A call to an address without code "succeeds" doing nothing: refuse it outright.
         require(token.code.length > 0, "SettlementBatch: token has no code");
         ok = new bool[](items.length);
@@ -55,5 +61,6 @@ contract SettlementBatch {
                 emit TransferFailed(i, reason);
             }
         }
+        gasUsed = start - gasleft();
     }
 }
