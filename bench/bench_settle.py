@@ -21,6 +21,8 @@ and the SettlementBatch contract (chains.evm.devnet):
       Reported: requests served, settlements/s while loaded, queue depth over time, and
       whether any payment was settled after its authorization expired (must be none) or
       failed.
+  (3) backlog: `--backlog` deferred payments served while the worker is parked, then a
+      restarted gateway drains them: the queue's drain capacity, whatever the request rate.
 
 Nothing here is a pass/fail threshold; the numbers go to bench/RESULTS.md by hand.
 """
@@ -130,14 +132,15 @@ def part_chain(args) -> None:
 # -- (2) gateway, deferred queue -----------------------------------------------------
 
 
-def gateway_toml(devnet, origin_url: str, port: int, work: Path, batch: bool) -> str:
+def gateway_toml(devnet, origin_url: str, port: int, work: Path, batch: bool,
+                 interval: float = 0.2) -> str:
     batch_line = f'batch_contract = "{devnet.batch_address}"' if batch else ""
     return f"""
 [server]
 host = "127.0.0.1"
 port = {port}
 allow_private_targets = true
-settlement_interval_seconds = 0.2
+settlement_interval_seconds = {interval}
 
 [database]
 url = "sqlite+aiosqlite:///{work / 'tollgate.db'}"
@@ -292,6 +295,74 @@ def part_gateway(args, batch: bool) -> None:
             f"{t:.0f}:{d}/{s}" for t, d, s in samples[::2]), flush=True)
 
 
+def part_backlog(args) -> None:
+    """A backlog of deferred payments (served while the worker was parked) drained by a
+    restarted gateway: the queue's drain capacity, apart from how fast requests come in."""
+    import httpx
+
+    from bench_gateway import signed_headers
+    from chains.evm.devnet import EvmDevnet
+    from chains.x402 import PaymentRequirements, decode_header
+
+    with EvmDevnet.start(payers=8, block_time=args.block_time) as devnet, \
+            tempfile.TemporaryDirectory(prefix="tollgate-bench-settle-") as tmp:
+        work = Path(tmp)
+        procs = []
+        origin_port, gw_port = free_port(), free_port()
+        origin_url = f"http://127.0.0.1:{origin_port}"
+        gw_url = f"http://127.0.0.1:{gw_port}"
+        env = dict(os.environ, **{SETTLER_ENV: devnet.settler.private_key})
+        db = work / "tollgate.db"
+
+        def gateway(interval: float, log: str):
+            (work / "tollgate.toml").write_text(
+                gateway_toml(devnet, origin_url, gw_port, work, True, interval))
+            proc = spawn([sys.executable, "-m", "gateway", "serve", "-c",
+                          str(work / "tollgate.toml")], work / log, env)
+            wait_http(gw_url + "/sky/v1/flights", proc, work / log)
+            return proc
+
+        try:
+            procs.append(spawn([sys.executable, str(REPO / "bench" / "bench_gateway.py"),
+                                "--serve-origin", str(origin_port)], work / "origin.log"))
+            wait_http(origin_url + "/", procs[-1], work / "origin.log")
+            parked = gateway(3600, "parked.log")
+            req = PaymentRequirements.model_validate(decode_header(httpx.get(
+                gw_url + "/sky/v1/flights").headers["PAYMENT-REQUIRED"])["accepts"][0])
+            headers = signed_headers(devnet, req, args.backlog)
+            load = asyncio.run(offer_load(gw_url + "/sky/v1/flights", headers, 10_000, 64))
+            stop(parked)
+            depth, _ = queue_depth(db)
+            t0 = time.perf_counter()
+            procs.append(gateway(0.2, "drain.log"))
+            ready = time.perf_counter() - t0
+            samples: list = []
+            base_fees: list[int] = []
+            deadline = time.perf_counter() + args.drain_seconds
+            while time.perf_counter() < deadline:
+                d, settled = queue_depth(db)
+                samples.append((time.perf_counter() - t0, d, settled))
+                base_fees.append(int(devnet.request("eth_getBlockByNumber", ["latest", False])
+                                     ["baseFeePerGas"], 16))
+                if d == 0:
+                    break
+                time.sleep(0.5)
+        finally:
+            for p in reversed(procs):
+                stop(p)
+            if args.keep_logs:
+                import shutil
+                for log in work.glob("*.log"):
+                    shutil.copy(log, Path(args.keep_logs) / log.name)
+        t_end, left, settled = samples[-1]
+        print(f"backlog: {load['statuses']} served with the worker parked -> {depth} queued; "
+              f"a restarted gateway (ready in {ready:.1f} s) settled {settled} in {t_end:.1f} s "
+              f"({settled / t_end:.0f}/s from its start), {left} left")
+        print("  queue depth over time (s: open / settled): " + "  ".join(
+            f"{t:.0f}:{d}/{s}" for t, d, s in samples[::2]), flush=True)
+        print("  base fee (gwei) over time: " + " ".join(f"{b / 1e9:.2f}" for b in base_fees[::2]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--block-time", type=float, default=1.0)
@@ -300,12 +371,14 @@ def main() -> None:
     ap.add_argument("--gateway-rate", type=float, default=100.0)
     ap.add_argument("--gateway-seconds", type=float, default=20.0)
     ap.add_argument("--drain-seconds", type=float, default=60.0)
-    ap.add_argument("--parts", default="chain,gateway-batch,gateway-single")
+    ap.add_argument("--keep-logs", help="copy the backlog part's gateway logs into this folder")
+    ap.add_argument("--backlog", type=int, default=3000, help="payments queued for the backlog part")
+    ap.add_argument("--parts", default="chain,gateway-batch,gateway-single,backlog")
     ap.add_argument("--quick", action="store_true", help="tiny run (smoke test): figures mean nothing")
     args = ap.parse_args()
     if args.quick:
         args.count, args.gateway_rate, args.gateway_seconds, args.drain_seconds = 20, 20, 1, 20
-        args.parts = "chain,gateway-batch"
+        args.backlog, args.parts = 20, "chain,gateway-batch,backlog"
     parts = args.parts.split(",")
     if "chain" in parts:
         part_chain(args)
@@ -313,6 +386,8 @@ def main() -> None:
         part_gateway(args, batch=True)
     if "gateway-single" in parts:
         part_gateway(args, batch=False)
+    if "backlog" in parts:
+        part_backlog(args)
 
 
 if __name__ == "__main__":

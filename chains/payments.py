@@ -283,6 +283,50 @@ class PaymentStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
 
+    async def start_settling(self, payment_ids: Iterable[str], old: str, owner: str,
+                             lease_seconds: float) -> set[str]:
+        """Move many rows from `old` to `settling` in one write, leased to `owner` (the
+        worker's pass); the ids that moved (others were moved by someone else first)."""
+        check_transition(old, "settling")
+        ids = list(payment_ids)
+        if not ids:
+            return set()
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(update(payments).where(
+                payments.c.id.in_(ids), payments.c.state == old).values(
+                state="settling", updated_at=now, attempts=payments.c.attempts + 1,
+                lease_owner=owner, lease_until=now + lease_seconds)
+                .returning(payments.c.id))).scalars().all()
+        return set(rows)
+
+    async def record_outcomes(self, writes: list[dict[str, Any]]) -> list[bool]:
+        """Several settlement outcomes in one durable write (group commit): each write is
+        the keyword arguments of :meth:`transition` plus `payment_id`, `old` and `new`, with
+        the same rules; one result per write (False: someone else moved the row first)."""
+        now = self._clock.now()
+        statements = []
+        for w in writes:
+            olds = [w["old"]] if isinstance(w["old"], str) else list(w["old"])
+            for o in olds:
+                check_transition(o, w["new"])
+            values: dict[str, Any] = {"state": w["new"], "updated_at": now}
+            if w.get("tx_hash") is not None:
+                values["tx_hash"] = w["tx_hash"]
+            if w.get("error") is not None:
+                values["error"] = w["error"]
+            if w.get("retry_after") is not None:
+                values["lease_owner"], values["lease_until"] = None, now + w["retry_after"]
+            if w["new"] in ("settled", "failed", "void"):
+                values["lease_owner"], values["lease_until"] = None, None
+            statements.append(update(payments).where(
+                payments.c.id == w["payment_id"], payments.c.state.in_(olds)).values(**values))
+        out = []
+        async with self._engine.begin() as conn:
+            for stmt in statements:
+                out.append((await conn.execute(stmt)).rowcount == 1)
+        return out
+
     async def persist_batch(self, payment_ids: Iterable[str], tx_hash: str, raw_tx: bytes) -> None:
         """One durable write before a batch transaction is sent: its signed bytes (once, in
         `settlement_txs`) and its hash on every payment in it. Recovery finds the bytes by
