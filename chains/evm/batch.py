@@ -46,7 +46,7 @@ from chains.evm.settle import (
     reason_code,
     split_signature,
 )
-from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, item_paid, used_outcome
+from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, paid_authorizations, payment_key, used_outcome
 from chains.payments import SettleOutcome, TxPersist
 
 __all__ = ["BatchSettler", "encode_batch", "MAX_BATCH_ITEMS"]
@@ -259,8 +259,9 @@ class BatchSettler:
                 return
             logs = list(receipt.logs)
             failures = self._failures(logs)
+            paid = paid_authorizations(logs, token)  # one pass, not one per item
             for index, it in enumerate(batch):
-                if item_paid(logs, token, it.auth):
+                if payment_key(it.auth) in paid:
                     it.resolve(SettleOutcome("settled", tx_hash, block_number=receipt.block_number,
                                              gas_used=receipt.gas_used))
                     continue

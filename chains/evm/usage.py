@@ -19,7 +19,7 @@ from chains.payments import SettleOutcome
 if TYPE_CHECKING:
     from chains.evm.settle import TransferAuthorization
 
-__all__ = ["used_outcome", "item_paid", "NONCE_ALREADY_USED", "SETTLEMENT_PENDING"]
+__all__ = ["used_outcome", "item_paid", "paid_authorizations", "payment_key", "NONCE_ALREADY_USED", "SETTLEMENT_PENDING"]
 
 TOPIC_TRANSFER = keccak(text="Transfer(address,address,uint256)")
 TOPIC_AUTHORIZATION_USED = keccak(text="AuthorizationUsed(address,bytes32)")
@@ -46,18 +46,31 @@ def item_paid(logs: list[dict], token: str, auth: "TransferAuthorization") -> bo
     a batch transaction, where another item may move the same value between the same
     accounts under another nonce.
     """
-    used = [to_hex(TOPIC_AUTHORIZATION_USED), _topic_address(auth.from_), to_hex(auth.nonce)]
-    paid = [to_hex(TOPIC_TRANSFER), _topic_address(auth.from_), _topic_address(auth.to)]
+    return payment_key(auth) in paid_authorizations(logs, token)
+
+
+def payment_key(auth: "TransferAuthorization") -> tuple[str, str, str, int]:
+    return (to_checksum_address(auth.from_).lower(), to_hex(auth.nonce),
+            to_checksum_address(auth.to).lower(), auth.value)
+
+
+def paid_authorizations(logs: list[dict], token: str) -> set[tuple[str, str, str, int]]:
+    """(payer, nonce, payee, value) of every authorization these logs show the token using
+    for a transfer (see :func:`item_paid`); one pass over a batch receipt's logs."""
+    used_topic, transfer_topic = to_hex(TOPIC_AUTHORIZATION_USED), to_hex(TOPIC_TRANSFER)
     mine = [e for e in sorted(logs, key=lambda e: int(str(e.get("logIndex") or "0x0"), 16))
             if str(e.get("address", "")).lower() == token.lower()]
-    for i, entry in enumerate(mine[:-1]):
-        if [str(t).lower() for t in entry.get("topics") or []] != used:
+    out = set()
+    for entry, nxt in zip(mine, mine[1:]):
+        used = [str(t).lower() for t in entry.get("topics") or []]
+        paid = [str(t).lower() for t in nxt.get("topics") or []]
+        if len(used) != 3 or used[0] != used_topic or len(paid) != 3 or paid[0] != transfer_topic:
             continue
-        nxt = mine[i + 1]
-        if [str(t).lower() for t in nxt.get("topics") or []] == paid \
-                and abi_decode(["uint256"], from_hex(nxt["data"]))[0] == auth.value:
-            return True
-    return False
+        if paid[1] != used[1]:
+            continue
+        value = abi_decode(["uint256"], from_hex(nxt["data"]))[0]
+        out.add(("0x" + used[1][-40:], used[2], "0x" + paid[2][-40:], value))
+    return out
 
 
 async def used_outcome(
