@@ -72,6 +72,7 @@ Persist = Callable[[str, bytes], Awaitable[None]]
 
 # Used when simulation is off; a transferWithAuthorization costs ~60-90k gas.
 DEFAULT_GAS_LIMIT = 150_000
+SUBMIT_CONCURRENCY = 16  # below the RPC client's connection pool (32)
 
 # Revert-message fragments (FiatToken / TestUSDC wording) -> x402 errorReason codes.
 # Order matters: the first match wins.
@@ -227,6 +228,9 @@ class Settler:
         self.gas_limit = gas_limit
         self._send_attempts = send_attempts
         self._lock = asyncio.Lock()
+        # Submissions preparing at once (simulate, fees): more would only queue for the RPC
+        # client's connections, where a wait counts against the connect timeout.
+        self._preparing = asyncio.Semaphore(SUBMIT_CONCURRENCY)
         self._next_nonce: int | None = None  # cache only; None = ask the chain
 
     # ------------------------------------------------------------ submit
@@ -251,11 +255,12 @@ class Settler:
         token = to_checksum_address(token)
         data = encode_transfer_with_authorization(auth, signature)
         simulate = self.simulate if simulate is None else simulate
-        chain_id = await self.rpc.chain_id()
-        if simulate:
-            gas, fees = await asyncio.gather(self._simulate(token, data), self.rpc.fee_estimate())
-        else:
-            gas, fees = self.gas_limit, await self.rpc.fee_estimate()
+        async with self._preparing:
+            chain_id = await self.rpc.chain_id()
+            if simulate:
+                gas, fees = await asyncio.gather(self._simulate(token, data), self.rpc.fee_estimate())
+            else:
+                gas, fees = self.gas_limit, await self.rpc.fee_estimate()
         tx = {
             "type": 2,
             "chainId": chain_id,
