@@ -28,6 +28,7 @@ Amounts are uint256 (store.schema.Uint256) and are summed here in Python, exactl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import secrets
@@ -35,13 +36,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chains import payment_units as units
 from store import outbox
 from store.clock import Clock
-from store.schema import payment_responses, payments
+from store.schema import payment_responses, payments, settlement_txs
 from store.pgbatch import PgBatch
 from store.writer import sqlite_writer
 
@@ -158,6 +160,19 @@ class Stored:
     body_size: int | None = None  # bytes served, when known
 
 
+@dataclass(frozen=True)
+class TxPersist:
+    """Persists one payment's signed settlement transaction before it is sent: called as
+    ``await persist(tx_hash, raw)``. A batch settler that holds several of these for one
+    store writes the batch once and links them all (:meth:`PaymentStore.persist_batch`)."""
+
+    store: "PaymentStore"
+    payment_id: str
+
+    async def __call__(self, tx_hash: str, raw: bytes | None = None) -> None:
+        await self.store.set_tx_hash(self.payment_id, tx_hash, raw)
+
+
 class PaymentStore:
     """The hot writes (claim, transition, store_response) are group-committed: on SQLite
     units of work of the store's writer (store.writer), on PostgreSQL batches of one
@@ -269,6 +284,76 @@ class PaymentStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
 
+    async def start_settling(self, payment_ids: Iterable[str], old: str, owner: str,
+                             lease_seconds: float) -> set[str]:
+        """Move many rows from `old` to `settling` in one write, leased to `owner` (the
+        worker's pass); the ids that moved (others were moved by someone else first)."""
+        check_transition(old, "settling")
+        ids = list(payment_ids)
+        if not ids:
+            return set()
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(update(payments).where(
+                payments.c.id.in_(ids), payments.c.state == old).values(
+                state="settling", updated_at=now, attempts=payments.c.attempts + 1,
+                lease_owner=owner, lease_until=now + lease_seconds)
+                .returning(payments.c.id))).scalars().all()
+        return set(rows)
+
+    async def record_outcomes(self, writes: list[dict[str, Any]]) -> list[bool]:
+        """Several settlement outcomes in one durable write (group commit): each write is
+        the keyword arguments of :meth:`transition` plus `payment_id`, `old` and `new`, with
+        the same rules; one result per write (False: someone else moved the row first)."""
+        now = self._clock.now()
+        statements = []
+        for w in writes:
+            olds = [w["old"]] if isinstance(w["old"], str) else list(w["old"])
+            for o in olds:
+                check_transition(o, w["new"])
+            values: dict[str, Any] = {"state": w["new"], "updated_at": now}
+            if w.get("tx_hash") is not None:
+                values["tx_hash"] = w["tx_hash"]
+            if w.get("error") is not None:
+                values["error"] = w["error"]
+            if w.get("retry_after") is not None:
+                values["lease_owner"], values["lease_until"] = None, now + w["retry_after"]
+            if w["new"] in ("settled", "failed", "void"):
+                values["lease_owner"], values["lease_until"] = None, None
+            statements.append(update(payments).where(
+                payments.c.id == w["payment_id"], payments.c.state.in_(olds)).values(**values))
+        out = []
+        async with self._engine.begin() as conn:
+            for w, stmt in zip(writes, statements):
+                moved = (await conn.execute(stmt)).rowcount == 1
+                if moved:  # its webhook event commits with it
+                    await outbox.payment_finished(conn, w["payment_id"], w["new"])
+                out.append(moved)
+        return out
+
+    async def persist_batch(self, payment_ids: Iterable[str], tx_hash: str, raw_tx: bytes) -> None:
+        """One durable write before a batch transaction is sent: its signed bytes (once, in
+        `settlement_txs`) and its hash on every payment in it. Recovery finds the bytes by
+        the hash (`lease` returns them as the row's `raw_tx`) and re-sends them."""
+        ids = list(payment_ids)
+        now = self._clock.now()
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        async with self._engine.begin() as conn:
+            await conn.execute(dialect.insert(settlement_txs).values(
+                tx_hash=tx_hash, raw_tx=raw_tx.hex(), created_at=now).on_conflict_do_nothing())
+            await conn.execute(update(payments).where(payments.c.id.in_(ids))
+                               .values(tx_hash=tx_hash, raw_tx=None, updated_at=now))
+
+    async def _with_batch_raw(self, conn, rows: list[PaymentRow]) -> list[PaymentRow]:
+        """Rows whose transaction is a batch get its persisted bytes as their `raw_tx`."""
+        want = {r.tx_hash for r in rows if r.tx_hash and r.raw_tx is None}
+        if not want:
+            return rows
+        found = dict((await conn.execute(select(settlement_txs.c.tx_hash, settlement_txs.c.raw_tx)
+                                         .where(settlement_txs.c.tx_hash.in_(want)))).all())
+        return [dataclasses.replace(r, raw_tx=bytes.fromhex(found[r.tx_hash]))
+                if r.raw_tx is None and r.tx_hash in found else r for r in rows]
+
     async def lease(self, states: Iterable[str], lease_seconds: float, limit: int,
                     older_than: float = 0, owner: str | None = None) -> list[PaymentRow]:
         """Take up to `limit` rows in `states` whose lease is free or lapsed (and that were
@@ -292,7 +377,7 @@ class PaymentStore:
                 update(payments).where(payments.c.id.in_(ids), free)
                 .values(lease_until=now + lease_seconds, lease_owner=owner)
                 .returning(*payments.c))).all()
-        out = [PaymentRow.from_row(r) for r in rows]
+            out = await self._with_batch_raw(conn, [PaymentRow.from_row(r) for r in rows])
         out.sort(key=lambda r: (r.valid_before is None, r.valid_before or 0))
         return out
 

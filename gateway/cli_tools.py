@@ -80,6 +80,8 @@ def _print_devnet(info: dict) -> None:
     tok = info["token"]
     print(f"EVM devnet   {info['rpc_url']}  ({info['network']})")
     print(f"test token   {tok['address']}  {tok['name']} v{tok['version']}, {tok['decimals']} decimals")
+    if info.get("batch_contract"):
+        print(f"batch        {info['batch_contract']}  SettlementBatch (evm batch_contract)")
     accts = info["accounts"]
     for role in ("deployer", "settler", "merchant"):
         a = accts[role]

@@ -168,6 +168,12 @@ class EvmNetworkConfig(_Model):
     deferred_exposure_limit: int = Field(0, ge=0)  # atomic units per payer; 0 = 10 x price
     # maxTimeoutSeconds asked on deferred paygates: room to settle after a crash and retry
     deferred_max_timeout_seconds: int = Field(300, ge=60)
+    # SettlementBatch contract on this chain: many settlements per transaction. Without
+    # it each settlement is its own transaction (pipelined: no wait for earlier receipts).
+    batch_contract: str | None = None
+    batch_max_items: int = Field(200, ge=1, le=400)  # ~70k gas each; a block holds ~419
+    # how long the first settlement of a batch waits for others (a full batch goes at once)
+    batch_linger_seconds: float = Field(0.02, ge=0, le=60)
 
     _urls = field_validator("rpc_url", "facilitator_url")(
         lambda v: v if v is None else _check_http_url(v))
@@ -177,6 +183,13 @@ class EvmNetworkConfig(_Model):
         if not self.settler_key_env and not self.facilitator_url:
             raise ValueError("set settler_key_env (the gateway pays gas) or facilitator_url")
         return self
+
+    @field_validator("batch_contract")
+    @classmethod
+    def _batch_address(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"0x[0-9a-fA-F]{40}", v):
+            raise ValueError("batch_contract must be a 0x-prefixed 20-byte address")
+        return v
 
     @model_validator(mode="after")
     def _key_for_a_facilitator(self) -> "EvmNetworkConfig":

@@ -137,6 +137,7 @@ MIGRATIONS: list[Migration] = [
         "webhook_endpoints", "webhook_events", "webhook_deliveries")),
     Migration(9, "hot path: payer exposure index; PostgreSQL batched session charges",
               _hot_path),
+    Migration(10, "batch settlement transactions", _create("settlement_txs")),
 ]
 
 

@@ -135,6 +135,15 @@ payment_responses = Table(
     Column("body_size", BigInteger, nullable=True),
 )
 
+# A signed settlement transaction shared by several payments (one batch transaction): its
+# bytes are stored once, written before it is sent; each payment names it by `tx_hash`.
+settlement_txs = Table(
+    "settlement_txs", metadata,
+    Column("tx_hash", String(100), primary_key=True),
+    Column("raw_tx", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 # --- Hedera allowance sessions (sessions package) ---------------------------------------
 
 # Activation nonces: issued to an account, proven by an approval memo or a signature.

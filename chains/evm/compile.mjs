@@ -1,14 +1,16 @@
 #!/usr/bin/env node
-// Compile chains/evm/contracts/TestUSDC.sol with solcjs (npm `solc`, standard JSON) into
-// chains/evm/build/TestUSDC.json: { abi, bytecode, deployedBytecode, sourceSha256, compiler }.
+// Compile each contract of CONTRACTS (chains/evm/contracts/<Name>.sol) with solcjs (npm `solc`,
+// standard JSON) into chains/evm/build/<Name>.json: { abi, bytecode, deployedBytecode,
+// sourceSha256, compiler }. TestUSDC is the devnet's token; SettlementBatch settles many
+// EIP-3009 authorizations in one transaction.
 //
 // The artifact is committed so starting a devnet needs no compiler; tests/chains/evm/test_artifact.py
 // recompiles and fails when the artifact no longer matches the source.
 //
 // Usage (from anywhere):
-//   node chains/evm/compile.mjs           write the artifact
-//   node chains/evm/compile.mjs --stdout  print the artifact instead of writing it
-//   node chains/evm/compile.mjs --check   exit 1 if the committed artifact is stale
+//   node chains/evm/compile.mjs                  write every artifact
+//   node chains/evm/compile.mjs --stdout [Name]  print one artifact (default TestUSDC)
+//   node chains/evm/compile.mjs --check          exit 1 if a committed artifact is stale
 import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -16,9 +18,9 @@ import { fileURLToPath } from "node:url";
 import solc from "solc";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const CONTRACT = "TestUSDC";
-const SOURCE_PATH = join(HERE, "contracts", `${CONTRACT}.sol`);
-const OUT_PATH = join(HERE, "build", `${CONTRACT}.json`);
+const CONTRACTS = ["TestUSDC", "SettlementBatch"];
+const sourcePath = (name) => join(HERE, "contracts", `${name}.sol`);
+const outPath = (name) => join(HERE, "build", `${name}.json`);
 
 // Pinned so the bytecode is reproducible: same source + same settings => same bytes.
 // cancun: every chain the devnet or a testnet runs today accepts it (PUSH0, MCOPY).
@@ -28,8 +30,8 @@ const SETTINGS = {
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
 
-function compile() {
-  const source = readFileSync(SOURCE_PATH, "utf8");
+function compile(CONTRACT) {
+  const source = readFileSync(sourcePath(CONTRACT), "utf8");
   // The source unit name is a bare file name: it ends up in the metadata hash inside the
   // bytecode, so an absolute path would make the artifact depend on the checkout location.
   const input = {
@@ -55,20 +57,30 @@ function compile() {
 }
 
 const mode = process.argv[2] || "--write";
-const text = compile();
 if (mode === "--stdout") {
-  process.stdout.write(text);
-} else if (mode === "--check") {
-  const current = existsSync(OUT_PATH) ? readFileSync(OUT_PATH, "utf8") : "";
-  if (current !== text) {
-    process.stderr.write(`${OUT_PATH} is stale: run node chains/evm/compile.mjs\n`);
-    process.exit(1);
+  const name = process.argv[3] || "TestUSDC";
+  if (!CONTRACTS.includes(name)) {
+    process.stderr.write(`unknown contract ${name}\n`);
+    process.exit(2);
   }
+  process.stdout.write(compile(name));
+} else if (mode === "--check") {
+  let stale = false;
+  for (const name of CONTRACTS) {
+    const current = existsSync(outPath(name)) ? readFileSync(outPath(name), "utf8") : "";
+    if (current !== compile(name)) {
+      process.stderr.write(`${outPath(name)} is stale: run node chains/evm/compile.mjs\n`);
+      stale = true;
+    }
+  }
+  if (stale) process.exit(1);
 } else if (mode === "--write") {
-  mkdirSync(dirname(OUT_PATH), { recursive: true });
-  writeFileSync(OUT_PATH, text);
-  process.stderr.write(`wrote ${OUT_PATH}\n`);
+  for (const name of CONTRACTS) {
+    mkdirSync(dirname(outPath(name)), { recursive: true });
+    writeFileSync(outPath(name), compile(name));
+    process.stderr.write(`wrote ${outPath(name)}\n`);
+  }
 } else {
-  process.stderr.write("usage: node chains/evm/compile.mjs [--stdout|--check]\n");
+  process.stderr.write("usage: node chains/evm/compile.mjs [--stdout [Name]|--check]\n");
   process.exit(2);
 }

@@ -35,6 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ANVIL = REPO_ROOT / "node_modules" / ".bin" / "anvil"
 CONTRACT_SOURCE = Path(__file__).resolve().parent / "contracts" / "TestUSDC.sol"
 ARTIFACT = Path(__file__).resolve().parent / "build" / "TestUSDC.json"
+# The batch settlement contract, deployed next to the token (the gateway's `batch_contract`).
+BATCH_SOURCE = Path(__file__).resolve().parent / "contracts" / "SettlementBatch.sol"
+BATCH_ARTIFACT = Path(__file__).resolve().parent / "build" / "SettlementBatch.json"
 
 ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
 USDC = 10**6  # atomic units per USDC
@@ -62,7 +65,7 @@ def load_artifact(path: Path = ARTIFACT, source: Path = CONTRACT_SOURCE) -> dict
     artifact = json.loads(path.read_text())
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     if artifact.get("sourceSha256") != digest:
-        raise DevnetError(f"{path.name} is stale (TestUSDC.sol changed): {compile_hint}")
+        raise DevnetError(f"{path.name} is stale ({source.name} changed): {compile_hint}")
     return artifact
 
 
@@ -122,6 +125,7 @@ class EvmDevnet:
         self._ids = 0
         self.port: int | None = None
         self.token_address: str | None = None
+        self.batch_address: str | None = None  # the SettlementBatch contract
         self.ready_block: int | None = None  # block at which set-up (deploy + mints) was done
 
         accounts = _derive_accounts(3 + payers + 1)
@@ -151,6 +155,7 @@ class EvmDevnet:
         try:
             self._spawn_anvil()
             self.token_address = self._deploy(artifact)
+            self.batch_address = self._deploy_batch()
             self._mint_all()
             self.ready_block = int(self.request("eth_blockNumber"), 16)
         except BaseException:
@@ -218,6 +223,7 @@ class EvmDevnet:
                 "symbol": "USDC",
                 "decimals": 6,
             },
+            "batch_contract": self.batch_address,
             "mint_amount": self.mint_amount,
             "accounts": {
                 "deployer": asdict(self.deployer),
@@ -362,6 +368,13 @@ class EvmDevnet:
         receipt = self._wait_receipt(self._send(self.deployer, data, to=None))
         return _checksum(receipt["contractAddress"])
 
+    def _deploy_batch(self) -> str:
+        """Deploy SettlementBatch (no constructor arguments); its checksummed address."""
+        artifact = load_artifact(BATCH_ARTIFACT, BATCH_SOURCE)
+        bytecode = bytes.fromhex(artifact["bytecode"].removeprefix("0x"))
+        receipt = self._wait_receipt(self._send(self.deployer, bytecode, to=None))
+        return _checksum(receipt["contractAddress"])
+
     def _mint_all(self) -> None:
         for payer in self.payers:
             self.mint(payer.address, self.mint_amount)
@@ -389,6 +402,8 @@ def _print_human(info: dict) -> None:
     token = info["token"]
     print(f"EVM devnet (anvil) at {info['rpc_url']}  chain id {info['chain_id']} ({info['network']})")
     print(f"token  {token['address']}  {token['name']!r} version {token['version']!r}, {token['decimals']} decimals")
+    if info.get("batch_contract"):
+        print(f"batch  {info['batch_contract']}  SettlementBatch (config: batch_contract)")
     print(f"each payer holds {info['mint_amount']} atomic units ({info['mint_amount'] / USDC:g} USDC)")
     print("accounts (dev keys, public knowledge: local use only):")
     accounts = info["accounts"]

@@ -46,7 +46,7 @@ from eth_utils import to_checksum_address
 
 from chains.evm.eip712 import address_of
 from chains.evm.rpc import RpcClient, RpcError, RpcUnavailable, from_hex, revert_reason, selector
-from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, used_outcome
+from chains.evm.usage import NONCE_ALREADY_USED, SETTLEMENT_PENDING, item_paid, used_outcome
 from chains.payments import SettleOutcome
 
 __all__ = [
@@ -72,6 +72,7 @@ Persist = Callable[[str, bytes], Awaitable[None]]
 
 # Used when simulation is off; a transferWithAuthorization costs ~60-90k gas.
 DEFAULT_GAS_LIMIT = 150_000
+SUBMIT_CONCURRENCY = 16  # below the RPC client's connection pool (32)
 
 # Revert-message fragments (FiatToken / TestUSDC wording) -> x402 errorReason codes.
 # Order matters: the first match wins.
@@ -111,6 +112,8 @@ class TxReceipt:
     success: bool
     block_number: int
     gas_used: int
+    to: str | None = None  # the contract called: the token, or a batch contract
+    logs: tuple = ()
 
     @property
     def status(self) -> Literal["success", "reverted"]:
@@ -123,6 +126,8 @@ class TxReceipt:
             success=int(receipt["status"], 16) == 1,
             block_number=int(receipt["blockNumber"], 16),
             gas_used=int(receipt["gasUsed"], 16),
+            to=receipt.get("to"),
+            logs=tuple(receipt.get("logs") or ()),
         )
 
 
@@ -224,6 +229,9 @@ class Settler:
         self.gas_limit = gas_limit
         self._send_attempts = send_attempts
         self._lock = asyncio.Lock()
+        # Submissions preparing at once (simulate, fees): more would only queue for the RPC
+        # client's connections, where a wait counts against the connect timeout.
+        self._preparing = asyncio.Semaphore(SUBMIT_CONCURRENCY)
         self._next_nonce: int | None = None  # cache only; None = ask the chain
 
     def _signer(self):
@@ -255,11 +263,12 @@ class Settler:
         token = to_checksum_address(token)
         data = encode_transfer_with_authorization(auth, signature)
         simulate = self.simulate if simulate is None else simulate
-        chain_id = await self.rpc.chain_id()
-        if simulate:
-            gas, fees = await asyncio.gather(self._simulate(token, data), self.rpc.fee_estimate())
-        else:
-            gas, fees = self.gas_limit, await self.rpc.fee_estimate()
+        async with self._preparing:
+            chain_id = await self.rpc.chain_id()
+            if simulate:
+                gas, fees = await asyncio.gather(self._simulate(token, data), self.rpc.fee_estimate())
+            else:
+                gas, fees = self.gas_limit, await self.rpc.fee_estimate()
         tx = {
             "type": 2,
             "chainId": chain_id,
@@ -449,6 +458,10 @@ class Settler:
     async def _classify(
         self, receipt: TxReceipt, token: str | None = None, auth: TransferAuthorization | None = None
     ) -> SettleOutcome:
+        if receipt.success and token is not None and auth is not None and receipt.to \
+                and receipt.to.lower() != token.lower():
+            # A batch transaction: it succeeds whatever happened to each transfer in it.
+            return await self._batch_item_outcome(receipt, token, auth)
         if receipt.success:
             return SettleOutcome(
                 "settled", receipt.tx_hash, block_number=receipt.block_number, gas_used=receipt.gas_used
@@ -469,6 +482,25 @@ class Settler:
             block_number=receipt.block_number,
             gas_used=receipt.gas_used,
         )
+
+    async def _batch_item_outcome(
+        self, receipt: TxReceipt, token: str, auth: TransferAuthorization
+    ) -> SettleOutcome:
+        """This authorization's fate in a mined batch transaction (see chains.evm.batch).
+
+        ``settled`` only if the receipt's token logs show this very transfer. Otherwise: used
+        on chain by something else -> whatever :func:`used_outcome` finds (another transaction
+        of ours may have paid it); still unused -> ``failed`` with ``settlement_pending``: this
+        attempt is over and never will pay, so the caller may settle the authorization again
+        while it is valid (the token refuses a second use of its nonce)."""
+        if item_paid(list(receipt.logs), token, auth):
+            return SettleOutcome("settled", receipt.tx_hash, block_number=receipt.block_number,
+                                 gas_used=receipt.gas_used)
+        if await self.rpc.authorization_state(token, auth.from_, auth.nonce):
+            return await self._used_outcome(token, auth, receipt.tx_hash)
+        return SettleOutcome("failed", receipt.tx_hash, SETTLEMENT_PENDING,
+                             "not transferred in its batch transaction; the authorization is unused",
+                             block_number=receipt.block_number)
 
     async def _revert_detail(self, receipt: TxReceipt) -> str | None:
         """Recover a revert message by replaying the tx as eth_call on its block's state.

@@ -19,7 +19,7 @@ from chains.payments import SettleOutcome
 if TYPE_CHECKING:
     from chains.evm.settle import TransferAuthorization
 
-__all__ = ["used_outcome", "NONCE_ALREADY_USED", "SETTLEMENT_PENDING"]
+__all__ = ["used_outcome", "item_paid", "paid_authorizations", "payment_key", "NONCE_ALREADY_USED", "SETTLEMENT_PENDING"]
 
 TOPIC_TRANSFER = keccak(text="Transfer(address,address,uint256)")
 TOPIC_AUTHORIZATION_USED = keccak(text="AuthorizationUsed(address,bytes32)")
@@ -34,15 +34,43 @@ def _topic_address(address: str) -> str:
 
 
 def _pays(receipt: dict, token: str, auth: "TransferAuthorization") -> bool:
-    """Did this receipt's token emit Transfer(auth.from_ -> auth.to, auth.value)?"""
-    want = [to_hex(TOPIC_TRANSFER), _topic_address(auth.from_), _topic_address(auth.to)]
-    for entry in receipt.get("logs") or []:
-        if str(entry.get("address", "")).lower() != token.lower():
+    return item_paid(receipt.get("logs") or [], token, auth)
+
+
+def item_paid(logs: list[dict], token: str, auth: "TransferAuthorization") -> bool:
+    """Do these receipt logs show the token using this authorization to pay it?
+
+    True only for the token's ``AuthorizationUsed(auth.from_, auth.nonce)`` immediately
+    followed (next log of the token) by its ``Transfer(auth.from_ -> auth.to, auth.value)``:
+    the token emits that pair for one transferWithAuthorization. Pairing the two matters in
+    a batch transaction, where another item may move the same value between the same
+    accounts under another nonce.
+    """
+    return payment_key(auth) in paid_authorizations(logs, token)
+
+
+def payment_key(auth: "TransferAuthorization") -> tuple[str, str, str, int]:
+    return (to_checksum_address(auth.from_).lower(), to_hex(auth.nonce),
+            to_checksum_address(auth.to).lower(), auth.value)
+
+
+def paid_authorizations(logs: list[dict], token: str) -> set[tuple[str, str, str, int]]:
+    """(payer, nonce, payee, value) of every authorization these logs show the token using
+    for a transfer (see :func:`item_paid`); one pass over a batch receipt's logs."""
+    used_topic, transfer_topic = to_hex(TOPIC_AUTHORIZATION_USED), to_hex(TOPIC_TRANSFER)
+    mine = [e for e in sorted(logs, key=lambda e: int(str(e.get("logIndex") or "0x0"), 16))
+            if str(e.get("address", "")).lower() == token.lower()]
+    out = set()
+    for entry, nxt in zip(mine, mine[1:]):
+        used = [str(t).lower() for t in entry.get("topics") or []]
+        paid = [str(t).lower() for t in nxt.get("topics") or []]
+        if len(used) != 3 or used[0] != used_topic or len(paid) != 3 or paid[0] != transfer_topic:
             continue
-        topics = [str(t).lower() for t in entry.get("topics") or []]
-        if topics == want and abi_decode(["uint256"], from_hex(entry["data"]))[0] == auth.value:
-            return True
-    return False
+        if paid[1] != used[1]:
+            continue
+        value = abi_decode(["uint256"], from_hex(nxt["data"]))[0]
+        out.add(("0x" + used[1][-40:], used[2], "0x" + paid[2][-40:], value))
+    return out
 
 
 async def used_outcome(

@@ -12,6 +12,7 @@ import logging
 import os
 from typing import Any, Awaitable, Callable
 
+from chains.evm.batch import BatchSettler
 from chains.evm.codec import parse_exact_evm_payload
 from chains.evm.rpc import RpcClient, RpcUnavailable
 from chains.evm.settle import Settler, TransferAuthorization
@@ -38,6 +39,7 @@ class EvmNetwork:
         self.rpc = RpcClient(cfg.rpc_url)
         self.reader = CachedChainReader(self.rpc, ttl_seconds=cfg.rpc_cache_seconds)
         self.settler: Settler | None = None
+        self.batcher: BatchSettler | None = None  # with `batch_contract`
         self.facilitator: FacilitatorClient | None = None
         if cfg.facilitator_url:
             api_key = None
@@ -57,6 +59,11 @@ class EvmNetwork:
             except ValueError:
                 raise ConfigError(f"evm.{network}.settler_key_env: {cfg.settler_key_env} is not "
                                   "a valid private key") from None
+            if cfg.batch_contract:
+                self.batcher = BatchSettler(self.settler, cfg.batch_contract,
+                                            max_items=cfg.batch_max_items,
+                                            linger=cfg.batch_linger_seconds,
+                                            receipt_timeout=cfg.receipt_timeout_seconds)
 
     async def aclose(self) -> None:
         await self.rpc.aclose()
@@ -150,8 +157,12 @@ class EvmChains:
                                  resp.error_reason or "unexpected_settle_error")
         assert net.settler is not None
         try:
-            outcome = await net.settler.settle(token, auth, sig, persist=on_submitted,
-                                               timeout=net.cfg.receipt_timeout_seconds)
+            if net.batcher is not None:  # with the settlements of whoever else is settling now
+                outcome = await net.batcher.settle(token, auth, sig, persist=on_submitted,
+                                                   timeout=net.cfg.receipt_timeout_seconds)
+            else:
+                outcome = await net.settler.settle(token, auth, sig, persist=on_submitted,
+                                                   timeout=net.cfg.receipt_timeout_seconds)
         except RpcUnavailable as exc:  # nothing was sent
             return SettleOutcome("unknown", None, "settlement_pending", str(exc))
         net.reader.forget_balance(token, auth.from_)

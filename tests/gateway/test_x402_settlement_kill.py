@@ -1,7 +1,9 @@
 """Deferred settlement survives `kill -9`: real `tollgate serve` processes on one database
 (SQLite file, PostgreSQL), anvil with blocks mined by hand so that settlements are in flight
 when the process dies. Every served payment must settle exactly once, before its
-authorization expires, checked on chain."""
+authorization expires, checked on chain. With a batch contract, several batch transactions
+are in flight (or persisted and not yet sent) at the kill; each payment settles by its own
+transfer inside one of them."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from chains.evm.settle import TransferAuthorization
+from chains.evm.usage import item_paid
 from store.db import create_engine_unpooled
 from store.schema import payments
 from tests.gateway.test_x402_settlement import automine_off, challenge_req
@@ -28,7 +32,8 @@ pytestmark = pytest.mark.usefixtures("settler_key")
 
 REPO = Path(__file__).resolve().parents[2]
 NET_WAIT = 30.0  # bound on any wait; never a pass criterion
-PAYMENTS = 30  # more than one worker batch (20): some are queued, some in flight at the kill
+PAYMENTS = 30
+BATCH_ITEMS = 8  # with a batch contract: four batches, several in flight at the kill
 
 
 def _toml_value(value) -> str:
@@ -113,12 +118,15 @@ async def wait_until(predicate, what: str) -> None:
     assert predicate(), what
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
 @pytest.mark.parametrize("mined", ["after_restart", "while_down"])
 async def test_kill_9_mid_settlement_every_served_payment_settles_once_in_time(
-        origin, http, evm_devnet, db_url, tmp_path, mined):  # noqa: F811
+        origin, http, evm_devnet, db_url, tmp_path, mined, batched):  # noqa: F811
     o = await origin()
-    config = x402_config(evm_devnet, o.url, settlement="deferred",
-                         evm_extra={"deferred_max_timeout_seconds": 60})
+    extra = {"deferred_max_timeout_seconds": 60}
+    if batched:
+        extra |= {"batch_contract": evm_devnet.batch_address, "batch_max_items": BATCH_ITEMS}
+    config = x402_config(evm_devnet, o.url, settlement="deferred", evm_extra=extra)
     config["server"] = {"allow_private_targets": True, "settlement_interval_seconds": 0.2,
                         "settlement_lease_seconds": 2, "shutdown_grace_seconds": 1}
     config["database"] = {"url": db_url, "master_key_env": "TOLLGATE_TEST_UNSET_MASTER",
@@ -145,8 +153,9 @@ async def test_kill_9_mid_settlement_every_served_payment_settles_once_in_time(
                 async with http.get(first.url + "/sky/v1/flights",
                                     headers={"PAYMENT-SIGNATURE": header}) as r:
                     assert r.status == 200, await r.text()
-            # The worker holds a full batch in flight (sent, not mined); the rest is queued.
-            await wait_until(lambda: pending_settlements(evm_devnet) >= 20, "a batch in flight")
+            # Settlements in flight (sent, not mined) at the kill.
+            await wait_until(lambda: pending_settlements(evm_devnet) >= (2 if batched else 20),
+                             "settlements in flight")
             first.kill()
             if mined == "while_down":
                 evm_devnet.request("evm_mine")
@@ -177,12 +186,19 @@ async def test_kill_9_mid_settlement_every_served_payment_settles_once_in_time(
     assert len(o.requests) == PAYMENTS
     # Exactly once, on chain: each authorization used, each by its own mined transfer
     # before it expired, and the money moved once per payment.
-    assert len({r.tx_hash for r in rows}) == PAYMENTS
+    if batched:  # a few batch transactions, each paying its own items
+        assert len({r.tx_hash for r in rows}) < PAYMENTS
+    else:
+        assert len({r.tx_hash for r in rows}) == PAYMENTS
     for r in rows:
         auth = json.loads(r.payload)["payment"]["payload"]["authorization"]
         assert authorization_used(evm_devnet, auth["from"], auth["nonce"])
         receipt = evm_devnet.request("eth_getTransactionReceipt", [r.tx_hash])
         assert int(receipt["status"], 16) == 1
+        transfer = TransferAuthorization(auth["from"], auth["to"], int(auth["value"]),
+                                         int(auth["validAfter"]), int(auth["validBefore"]),
+                                         bytes.fromhex(auth["nonce"][2:]))
+        assert item_paid(receipt["logs"], evm_devnet.token_address, transfer)
         block = evm_devnet.request("eth_getBlockByNumber", [receipt["blockNumber"], False])
         assert int(block["timestamp"], 16) < int(auth["validBefore"]) == r.valid_before
     assert token_balance(evm_devnet, merchant) == merchant_before + PAYMENTS * PRICE
