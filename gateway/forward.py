@@ -158,7 +158,11 @@ class GuardedResolver(AbstractResolver):
     def __init__(self, allowed_private_hosts: set[str],
                  inner: AbstractResolver | None = None) -> None:
         self._inner = inner or DefaultResolver()  # the DNS lookup itself (a seam for tests)
-        self._allowed = {h.lower() for h in allowed_private_hosts}
+        self.allow_private(allowed_private_hosts)
+
+    def allow_private(self, hosts: set[str]) -> None:
+        """Replace the hosts that may resolve to private addresses (paygates changed)."""
+        self._allowed = {h.lower() for h in hosts}
 
     async def resolve(self, host: str, port: int = 0, family: int = 0):
         allowed = host.lower() in self._allowed

@@ -124,10 +124,8 @@ async def reload(gw: Gateway, admin: AdminState, *, force: bool = False) -> bool
         old = {pg.id: pg for pg in gw.config.paygates}
         gw.config = new
         gw.router = Router(new.paygates)
-        if gw.resolver is not None:
-            # The guarded resolver keeps the hosts it may resolve privately in a set it
-            # copied at start; runtime paygates change that set.
-            gw.resolver._allowed = private_ok(new)
+        if gw.resolver is not None:  # runtime paygates change who may be private
+            gw.resolver.allow_private(private_ok(new))
         for pg in new.paygates:
             if old.get(pg.id) != pg:
                 gw.forget_secret(pg.id)
