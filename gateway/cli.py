@@ -72,11 +72,13 @@ def cmd_serve(args) -> int:
 
     from aiohttp import web
 
+    from gateway import logs
     from gateway.app import create_app
 
     server = config.server.model_copy(update={k: v for k, v in
                                               (("host", args.host), ("port", args.port)) if v})
     config = config.model_copy(update={"server": server})
+    logs.configure(config)  # [logging] format: text (default) or json lines
     app = create_app(config)
     web.run_app(app, host=config.server.host, port=config.server.port,
                 shutdown_timeout=config.server.shutdown_grace_seconds, print=_announce(config),

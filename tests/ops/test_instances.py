@@ -15,6 +15,7 @@ import sys
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from sqlalchemy import select
 
 from gateway.state import _SECRET_TTL
@@ -59,13 +60,13 @@ class Recorder:
     """An origin on loopback that answers JSON and remembers what it got."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.requests: list[tuple[str, CIMultiDict[str]]] = []
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.server = TestServer(app, host="127.0.0.1", port=0)
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.requests.append((request.path, dict(request.headers)))
+        self.requests.append((request.path, CIMultiDict(request.headers)))
         return web.json_response({"path": request.path})
 
     async def start(self) -> str:
