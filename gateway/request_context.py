@@ -108,12 +108,26 @@ async def inner(request: web.Request, handler):
             sqlalchemy.exc.TimeoutError, sqlalchemy.exc.DisconnectionError) as exc:
         raise _store_down(exc) from None
     except sqlalchemy.exc.DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):
             raise _store_down(exc) from None
         raise
     except (ConnectionRefusedError, ConnectionResetError) as exc:
         # asyncpg's connect raises these unwrapped when the server is not there
         raise _store_down(exc) from None
+
+
+# SQLSTATE classes that mean "the server is not taking work", not "your statement is
+# wrong": connection exception, insufficient resources (too many clients), operator
+# intervention (shutting down, starting up, admin shutdown).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def _sqlstate(exc: sqlalchemy.exc.DBAPIError) -> str:
+    for candidate in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return ""
 
 
 def _store_down(exc: BaseException) -> Unavailable:
