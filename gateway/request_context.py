@@ -80,8 +80,11 @@ async def outer(request: web.Request, handler):
     if request.headers.get(REQUEST_ID) != rid:
         headers = CIMultiDict(request.headers)
         headers[REQUEST_ID] = rid  # replaces an insane one: the origin gets this id
-        request = request.clone(headers=headers)
-        request[CONTEXT] = ctx
+        try:
+            request = request.clone(headers=headers)
+            request[CONTEXT] = ctx
+        except UnicodeEncodeError:
+            pass  # undecodable header bytes: the proxy refuses them (400) before any origin
     _classify(request, ctx)
     token = current_request_id.set(rid)
     status = 500

@@ -279,7 +279,7 @@ async def test_mirror_down_sessions_run_on_the_cached_allowance_for_the_ttl_then
             url = cluster.url(0)
 
         token = await open_session(http, Gw, hedera_devnet, hedera_account(),
-                                   allowance=40 * UNIT_PRICE)
+                                   allowance=400 * UNIT_PRICE)  # never the limit here
         hedera_devnet.set_mirror_down(True)
         seen: list[tuple[int, str]] = []
 
