@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway import admin, facilitator, health, proxy, sessions_api, wallet
+from gateway import (admin, facilitator, health, metrics, proxy, request_context, sessions_api,
+                     wallet)
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
 from gateway.forward import GuardedResolver
@@ -130,6 +131,8 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     """The full gateway: built-in routes, then the proxy catch-all."""
     quiet_malformed_requests()
     app = build_app(config, clock=clock)
+    request_context.install(app)  # X-Request-Id, access lines, store faults -> 503
+    metrics.add(app, config)  # /metrics when [metrics] enabled
     facilitator.add_routes(app)
     sessions_api.add_routes(app)
     wallet.add_routes(app)  # the wallet page at /, /api/paygates, /api/wallet/*

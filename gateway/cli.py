@@ -75,15 +75,17 @@ def cmd_serve(args) -> int:
 
     from aiohttp import web
 
+    from gateway import logs
     from gateway.access_log import AccessLogger, batch_stderr_logging, lean_log_records
     from gateway.app import create_app
 
     server = config.server.model_copy(update={k: v for k, v in
                                               (("host", args.host), ("port", args.port)) if v})
     config = config.model_copy(update={"server": server})
-    app = create_app(config)
     lean_log_records()
     batch_stderr_logging()
+    logs.configure(config)  # [logging] format: text (default) or json lines; after the
+    app = create_app(config)  # batched handlers are in place, so they get its formatter
     web.run_app(app, host=config.server.host, port=config.server.port,
                 shutdown_timeout=config.server.shutdown_grace_seconds, print=_announce(config),
                 access_log_class=AccessLogger)

@@ -370,6 +370,23 @@ class AdminConfig(_Model):
     webhook_backoff_max_seconds: float = Field(900.0, gt=0)
 
 
+class MetricsConfig(_Model):
+    """Prometheus `/metrics`: off by default; on its own listener (`host`, `port`) so it
+    need not be reachable from the paid side, or on the main one when `port` is unset."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int | None = Field(9402, ge=0, le=65535)
+
+
+class LoggingConfig(_Model):
+    """`text` (human-readable, the default) or `json` (one object per line); the
+    TOLLGATE_LOG_FORMAT environment variable overrides it."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     replay: ReplayConfig = ReplayConfig()
@@ -381,6 +398,8 @@ class Config(_Model):
     facilitator: FacilitatorConfig = FacilitatorConfig()
     wallet: WalletConfig = WalletConfig()
     admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from gateway import forward
+from gateway import forward, request_context
 from gateway.challenge import challenge, paywall_html, wants_html
 from gateway.errors import (
     BadRequest,
@@ -186,6 +186,7 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         legacy_path_line=pg.origin_auth.legacy_path_line))
 
     rail = gw.rails[charge.rail] if charge else None
+    request_context.note_payer(request, charge.payer if charge else None)
     try:
         upstream = await _open_upstream(gw, request.method, upstream_url, headers, body.payload(),
                                         pg.timeout_seconds)

@@ -31,6 +31,8 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
+from chains import callstats
+
 __all__ = [
     "RpcClient",
     "RpcError",
@@ -179,6 +181,7 @@ class RpcClient:
 
     # ------------------------------------------------------------ transport
 
+    @callstats.timed("evm_rpc", label_first_arg=True)
     async def call(self, method: str, params: list | tuple = ()) -> Any:
         """Send one JSON-RPC request and return its ``result``.
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from chains import callstats
+
 from .ids import AccountId, TransactionId
 
 __all__ = [
@@ -200,6 +202,7 @@ class MirrorClient:
 
     # -- HTTP ---------------------------------------------------------------------------
 
+    @callstats.timed("hedera_mirror")
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """GET ``base_url + path`` (``path`` starts with ``/api/v1``) -> JSON object."""
         url = self.base_url + path

@@ -162,6 +162,21 @@ class PostgresServer:
         atexit.unregister(self.stop)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
+    def halt(self, timeout: float = 30.0) -> None:
+        """Stop the server ("fast" shutdown: clients are disconnected) but keep its data,
+        so that `resume()` brings the same cluster back on the same port."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again; returns once it accepts connections."""
+        run_as = _RunAs.for_current_process()
+        _launch(self, run_as, self.base_dir / "data")
+        if not _wait_ready(self, run_as, time.monotonic() + timeout):
+            raise PostgresStartError(f"PostgreSQL did not come back:\n{self.log()}")
+
     def __enter__(self) -> "PostgresServer":
         return self
 
