@@ -2,8 +2,9 @@
 calls itself. The money properties must hold across processes exactly as inside one:
 a session serves what it is funded for and no more, one x402 payment buys one origin
 call and settles once, background work (deferred settlements, session pulls) is done
-once, and a secret rotated through the store reaches every instance within its cache
-time (gateway.state's secret TTL)."""
+once, a secret rotated through the store reaches every instance within its cache time
+(gateway.state's secret TTL), and a paygate created through the admin API on one
+instance is routed by all of them within `admin.poll_seconds`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from gateway.state import _SECRET_TTL
 from store.db import create_engine_unpooled
 from store.schema import payments
+from tests.gateway.admin_support import Signer
 from tests.gateway.test_x402_settlement import challenge_req
 from tests.gateway.x402_support import PRICE, SETTLER_ENV, sign_payment, token_balance, x402_config
 from tests.ops.cluster import NET_WAIT, REPO, Cluster, fresh_database
@@ -180,3 +182,39 @@ async def test_a_secret_rotated_in_the_store_reaches_every_instance_within_its_t
     # is used for at most the TTL, so after it every instance signs with the new one.
     await asyncio.sleep(_SECRET_TTL)
     assert await secrets_seen() == [new] * len(cluster.urls)
+
+
+async def test_a_paygate_created_through_one_instance_is_routed_by_every_instance(
+        x402_cluster, http):
+    """The admin API on instance 0 creates a paygate; the other processes route it within
+    `admin.poll_seconds` (2 s), with no restart; deleting it unroutes it everywhere."""
+    cluster, origin = x402_cluster
+    made = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "--operator",
+                           "-c", str(cluster.config_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=NET_WAIT)
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    admin = Signer(http, cluster.url(0), key["id"], key["secret"])
+
+    async def statuses(path: str) -> list[int]:
+        out = []
+        for url in cluster.urls:
+            async with http.get(url + path) as r:
+                out.append(r.status)
+        return out
+
+    assert await statuses("/late/ping") == [404] * len(cluster.urls)
+    created = await admin.call("POST", "/api/v1/paygates", {
+        "id": "late", "prefix": "/late", "target": f"http://127.0.0.1:{origin.server.port}",
+        "default_units": 0,
+        "allow_private_target": True, "origin_auth": {"mode": "plaintext"}})
+    assert created.status == 201, created.text
+
+    async def routed_everywhere():
+        return await statuses("/late/ping") == [200] * len(cluster.urls)
+    await eventually(routed_everywhere, "every instance routes the new paygate")
+    assert (await admin.call("DELETE", "/api/v1/paygates/late")).status in (200, 204)
+
+    async def gone_everywhere():
+        return await statuses("/late/ping") == [404] * len(cluster.urls)
+    await eventually(gone_everywhere, "every instance forgets the deleted paygate")
