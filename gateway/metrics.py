@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 from chains import callstats
 from gateway.config import Config
 from gateway.state import GATEWAY
-from store.schema import payments, session_charges, session_pulls
+from store.schema import payments, session_charges, session_pulls, webhook_deliveries
 
 log = logging.getLogger("tollgate.metrics")
 
@@ -73,6 +73,9 @@ SESSION_PULLED = Gauge("tollgate_store_session_pulled_atomic",
                        registry=REGISTRY)
 SESSION_PULLS = Gauge("tollgate_store_session_pulls", "Session pulls by state", ["state"],
                       registry=REGISTRY)
+WEBHOOK_DELIVERIES = Gauge("tollgate_store_webhook_deliveries",
+                           "Webhook deliveries by state (pending = the backlog)", ["state"],
+                           registry=REGISTRY)
 SETTLEMENT_LAG = Histogram("tollgate_store_settlement_lag_seconds",
                            "Served (payment accepted) to settled, for payments settled since "
                            "this process started", buckets=_LAG, registry=REGISTRY)
@@ -121,6 +124,9 @@ class _StoreScrape:
                 select(session_pulls.c.state, func.count(),
                        func.coalesce(func.sum(session_pulls.c.amount), 0))
                 .group_by(session_pulls.c.state))).all()
+            deliveries = dict((await conn.execute(
+                select(webhook_deliveries.c.state, func.count())
+                .group_by(webhook_deliveries.c.state))).all())
         PAYMENTS.clear()
         for rail, settlement, state, count in by_state:
             PAYMENTS.labels(rail, settlement, state).set(count)
@@ -142,6 +148,8 @@ class _StoreScrape:
             if state == "succeeded":
                 pulled = int(amount)
         SESSION_PULLED.set(pulled)
+        for state in ("pending", "delivered", "failed"):
+            WEBHOOK_DELIVERIES.labels(state).set(deliveries.get(state, 0))
 
 
 _SCRAPE = web.AppKey("tollgate_metrics_scrape", _StoreScrape)

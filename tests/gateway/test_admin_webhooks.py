@@ -155,8 +155,25 @@ async def test_failing_receiver_retries_then_failed_then_redeliver(setup, receiv
     assert missing.status == 404
 
 
-async def test_receiver_down_ends_failed_and_nothing_is_lost(setup):
-    gw, o, client = setup
+async def metric(http, gw, name: str, **labels) -> float:
+    """One sample of the gateway's /metrics (served on its main port here)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    async with http.get(gw.url + "/metrics") as r:
+        text = await r.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+async def test_receiver_down_ends_failed_and_nothing_is_lost(gateway, origin, http,
+                                                              store_config):
+    o = await origin()
+    gw = await gateway({**store_config, "admin": FAST,
+                        "metrics": {"enabled": True, "port": None}})
+    key_id, secret = await make_key(gw, provider="acme")
+    client = Signer(http, gw.url, key_id, secret)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -171,6 +188,9 @@ async def test_receiver_down_ends_failed_and_nothing_is_lost(setup):
     await until(failed)
     d = (await client.call("GET", f"/api/v1/webhooks/{hook}/deliveries")).body["deliveries"][0]
     assert d["attempts"] == 3 and d["last_status"] is None and d["last_error"]
+    # The backlog gauge tells an operator: nothing pending any more, one delivery failed.
+    assert await metric(http, gw, "tollgate_store_webhook_deliveries", state="failed") == 1
+    assert await metric(http, gw, "tollgate_store_webhook_deliveries", state="pending") == 0
 
 
 async def test_slow_receiver_times_out_and_is_retried(gateway, origin, http, receiver,
