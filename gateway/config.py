@@ -100,6 +100,8 @@ class ServerConfig(_Model):
     # it); a crashed instance's payments are taken over once it lapses.
     settlement_lease_seconds: float = Field(5.0, gt=0)
     session_api_per_minute: int = Field(30, ge=0)  # per client address; 0 = unlimited
+    # Middleware mode: an authorization not completed within this is reversed (as a 504).
+    authorize_timeout_seconds: float = Field(300, gt=0)
 
     _url = field_validator("public_url")(lambda v: v if v is None else _check_http_url(v))
 
