@@ -59,6 +59,14 @@ def check_headers(request: web.Request, now: float) -> None:
         raise _refuse("timestamp out of range")
 
 
+async def check_key(request: web.Request, keys) -> None:
+    """The signing key exists and is active: checked before a large body is streamed in,
+    so only a key holder's uploads reach the disk (the signature is checked after)."""
+    key_id = request.headers.get("X-PAY-Key", "").strip()
+    if not _KEY_ID.fullmatch(key_id) or await keys.active(key_id) is None:
+        raise _refuse("invalid signature")
+
+
 async def authenticate(request: web.Request, keys, engine, now: float,
                        body_sha256: str | None = None) -> ApiKey:
     """The key that signed `request`, or Unauthorized with the documented text.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.admin.auth import ADMIN_KEY, authenticate, check_headers
+from gateway.admin.auth import ADMIN_KEY, authenticate, check_headers, check_key
 from gateway.admin.common import Invalid, admin_of, gw_of, json_body, key_of, not_found, ok, sees
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.files_serve import files_dir
@@ -98,6 +98,7 @@ async def _upload(request: web.Request, ctype: str) -> web.Response:
     m = _BOUNDARY.search(ctype)
     if m is None:
         raise BadRequest("multipart body without a boundary", code="invalid_multipart")
+    await check_key(request, admin_of(request).keys)
     folder = files_dir(gw) / request.match_info["paygate_id"]
     if not valid_name(request.match_info["paygate_id"]):
         raise not_found("paygate")

@@ -161,3 +161,11 @@ async def test_a_badly_signed_upload_is_401_and_leaves_nothing(files):
     status, answer = await s.upload("a.bin", b"x", headers=hdrs)
     assert status == 401 and answer["message"] == "invalid signature"
     assert not [p for p in s.files_dir.rglob("*") if p.is_file()]
+
+
+async def test_an_upload_with_an_unknown_key_is_refused_before_it_is_stored(files):
+    s = await files()
+    hdrs = await s.signer.fresh_headers("PUT", "/api/v1/paygates/dl/files/a.bin", b"x")
+    status, answer = await s.upload("a.bin", b"x", headers={**hdrs, "X-PAY-Key": "pk_" + "0" * 24})
+    assert status == 401 and answer["message"] == "invalid signature"
+    assert not s.files_dir.exists() or not [p for p in s.files_dir.rglob("*") if p.is_file()]
