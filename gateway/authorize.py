@@ -123,7 +123,9 @@ async def authorize(request: web.Request) -> web.Response:
     pg = gw.config.paygate(pg_id)
     if pg is None or not sees(key, pg.provider):
         raise not_found("paygate")
-    route = next(r for r in gw.router.routes if r.paygate.id == pg.id)
+    route = next((r for r in gw.router.routes if r.paygate.id == pg.id), None)
+    if route is None:  # removed between the config read and the router's
+        raise not_found("paygate")
     units = route.units_for(method.upper(), path)
     if units == 0:
         return ok({"allowed": True, "authorization_id": None, "units": 0, "payer": None,
