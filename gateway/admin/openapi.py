@@ -84,7 +84,7 @@ SCHEMAS: dict[str, Any] = {
                        "prices": {"type": "object"}, "rails": {"type": "array"},
                        "pay_to": {"type": "object"}, "settlement": _STR,
                        "origin_auth": {"type": "object"}, "discoverable": _BOOL,
-                       "provider": _STR}},
+                       "provider": _STR, "kind": {"enum": ["proxy", "files"]}}},
     "Paygate": _obj(["id", "prefix", "target", "source", "created_at", "updated_at"], {
         "id": _STR, "prefix": _STR, "target": _STR, "provider": _nullable(_STR),
         "source": {"enum": ["config", "api"]}, "created_at": _NUM, "updated_at": _NUM}),
