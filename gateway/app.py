@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway import (admin, facilitator, health, metrics, proxy, request_context, sessions_api,
+from gateway import (admin, authorize, facilitator, files_serve, health, metrics, proxy, request_context, sessions_api,
                      wallet)
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
@@ -137,5 +137,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     sessions_api.add_routes(app)
     wallet.add_routes(app)  # the wallet page at /, /api/paygates, /api/wallet/*
     admin.add_routes(app)
+    authorize.add_routes(app)  # middleware mode: /v1/authorize, signed like the admin API
+    files_serve.add_routes(app)  # paid files' signed download URLs
     add_proxy_routes(app)
     return app

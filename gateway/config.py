@@ -100,6 +100,8 @@ class ServerConfig(_Model):
     # it); a crashed instance's payments are taken over once it lapses.
     settlement_lease_seconds: float = Field(5.0, gt=0)
     session_api_per_minute: int = Field(30, ge=0)  # per client address; 0 = unlimited
+    # Middleware mode: an authorization not completed within this is reversed (as a 504).
+    authorize_timeout_seconds: float = Field(300, gt=0)
 
     _url = field_validator("public_url")(lambda v: v if v is None else _check_http_url(v))
 
@@ -310,6 +312,8 @@ class PaygateConfig(_Model):
     allow_private_target: bool | None = None
     origin_auth: OriginAuthConfig = OriginAuthConfig()
     provider: str | None = None  # the provider whose admin keys manage it (None: operator)
+    # "files": the paygate sells its uploaded / S3 files (paying answers a download URL)
+    kind: Literal["proxy", "files"] = "proxy"
     discoverable: bool = True  # listed in the public discovery document
 
     @field_validator("id")
@@ -340,6 +344,17 @@ class PaygateConfig(_Model):
         if len(set(self.rails)) != len(self.rails):
             raise ValueError("rails: each rail may appear once")
         return self
+
+
+class FilesConfig(_Model):
+    """Paid files: uploads are kept under `directory`, at most `max_upload_bytes` each;
+    a paid download URL is valid for `url_ttl_seconds`."""
+
+    directory: str = "var/files"
+    max_upload_bytes: ByteSize = 1024**3
+    url_ttl_seconds: float = Field(600, gt=0)
+    s3_endpoint_url: str | None = None  # an S3-compatible server; None: AWS
+    s3_region: str = "us-east-1"
 
 
 class ReplayConfig(_Model):
@@ -400,6 +415,7 @@ class Config(_Model):
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    files: FilesConfig = FilesConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

@@ -109,6 +109,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if match is None:
         raise NotFound(f"no paygate serves {path}")
     pg = match.paygate
+    if pg.kind == "files":  # paying answers a download URL, nothing is forwarded
+        from gateway import files_serve
+        return await files_serve.handle_paid(request, match)
     cap = pg.max_request_bytes or gw.config.server.max_request_bytes
     length = forward.declared_length(request.headers)
     if length is not None and length > cap:

@@ -7,6 +7,8 @@ makes stored secrets unreadable, which is the point: the database alone reveals 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import tempfile
 from pathlib import Path
@@ -22,11 +24,17 @@ class SecretBox:
     def __init__(self, key: bytes) -> None:
         try:
             self._fernet = Fernet(key)
+            self._key = bytes(key) if isinstance(key, (bytes, bytearray)) else str(key).encode()
         except (ValueError, TypeError):
             raise MasterKeyError(
                 "master key must be 32 url-safe base64-encoded bytes "
                 "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
             ) from None
+
+    def derive(self, label: str) -> bytes:
+        """A key for `label`, derived from the master key (the same on every instance that
+        shares it), so no second secret needs distributing."""
+        return hmac.new(self._key, label.encode(), hashlib.sha256).digest()
 
     def seal(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")

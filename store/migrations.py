@@ -138,6 +138,7 @@ MIGRATIONS: list[Migration] = [
     Migration(9, "hot path: payer exposure index; PostgreSQL batched session charges",
               _hot_path),
     Migration(10, "batch settlement transactions", _create("settlement_txs")),
+    Migration(13, "paid files", _create("paid_files")),
 ]
 
 

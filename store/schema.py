@@ -323,3 +323,20 @@ webhook_deliveries = Table(
     Column("created_at", Float, nullable=False),
     UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_delivery"),
 )
+
+# Paid files: what a file paygate sells. Local files live under the configured directory
+# as `stored` (a random name: the public name never reaches the file system); S3 files
+# are a bucket and key.
+paid_files = Table(
+    "paid_files", metadata,
+    Column("paygate_id", String(64), primary_key=True),
+    Column("name", String(160), primary_key=True),
+    Column("storage", String(8), nullable=False),  # local | s3
+    Column("stored", Text, nullable=True),
+    Column("bucket", Text, nullable=True),
+    Column("object_key", Text, nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("content_type", String(255), nullable=False),
+    Column("sha256", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+)

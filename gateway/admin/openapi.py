@@ -84,7 +84,7 @@ SCHEMAS: dict[str, Any] = {
                        "prices": {"type": "object"}, "rails": {"type": "array"},
                        "pay_to": {"type": "object"}, "settlement": _STR,
                        "origin_auth": {"type": "object"}, "discoverable": _BOOL,
-                       "provider": _STR}},
+                       "provider": _STR, "kind": {"enum": ["proxy", "files"]}}},
     "Paygate": _obj(["id", "prefix", "target", "source", "created_at", "updated_at"], {
         "id": _STR, "prefix": _STR, "target": _STR, "provider": _nullable(_STR),
         "source": {"enum": ["config", "api"]}, "created_at": _NUM, "updated_at": _NUM}),
@@ -106,6 +106,12 @@ SCHEMAS: dict[str, Any] = {
         "state": {"enum": ["pending", "delivered", "failed"]}, "attempts": _INT,
         "next_attempt_at": _NUM, "last_status": _nullable(_INT),
         "last_error": _nullable(_STR), "delivered_at": _nullable(_NUM), "created_at": _NUM}),
+    "File": _obj(["name", "storage", "content_type"], {
+        "name": _STR, "storage": {"enum": ["local", "s3"]}, "size": _nullable(_INT),
+        "content_type": _STR, "sha256": _nullable(_STR), "bucket": _nullable(_STR),
+        "key": _nullable(_STR)}),
+    "FileInput": _obj(["bucket", "key"], {"bucket": _STR, "key": _STR,
+                                          "content_type": _STR}, extra=False),
     "Usage": _obj(["period", "from", "to", "paygates"], {
         "period": {"enum": ["hour", "day"]}, "from": _NUM, "to": _NUM,
         "paygates": {"type": "array", "items": _obj(["paygate", "periods", "top_payers"], {
@@ -190,6 +196,16 @@ PATHS: dict[str, Any] = {
         "post": _op("Send a failed (or delivered) delivery again",
                     _ok("202", _obj(["id", "state"], {"id": _STR, "state": _STR}), "queued"),
                     tag="webhooks")},
+    "/api/v1/paygates/{paygate_id}/files": {
+        "parameters": [_PG],
+        "get": _op("Files of a file paygate (kind = files)", _ok("200", _list("files", "File")),
+                   errors=("422",), tag="files")},
+    "/api/v1/paygates/{paygate_id}/files/{name}": {
+        "parameters": [_PG, _path_param("name")],
+        "put": _op("Upload a file (multipart/form-data, part `file`, streamed) or refer to an "
+                   "S3 object (JSON); replaces a file of the same name",
+                   _ok("201", _ref("File"), "stored"), body=_ref("FileInput"),
+                   errors=("400", "422"), tag="files")},
     "/api/v1/usage": {
         "get": _op("Usage and revenue per paygate and period",
                    {"200": {"description": "ok", "content": {

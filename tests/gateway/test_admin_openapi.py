@@ -131,6 +131,9 @@ async def test_every_operation_is_documented_and_answers_as_documented(gateway, 
                want=422)
     await call("post", W + "/{webhook_id}/deliveries/{delivery_id}/redeliver",
                f"{W}/{wid}/deliveries/dlv_none/redeliver", want=404)
+    await call("get", one + "/files", P + "/weather/files", want=422)  # not a file paygate
+    await call("put", one + "/files/{name}", P + "/weather/files/a.pdf",
+               {"bucket": "b", "key": "k"}, want=422)
     await call("get", "/api/v1/usage", "/api/v1/usage", want=200)
     await call("get", "/api/v1/usage", "/api/v1/usage?format=csv", want=200)
     await call("get", "/api/v1/usage", "/api/v1/usage?period=year", want=422)
