@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,14 @@ def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> di
                       {"method": "POST", "path": "/v1/holds", "units": 10},
                       {"method": "POST", "path": "/v1/bookings", "units": 25}],
             "origin_auth": {"mode": "request", "secret_env": SECRET_ENV},
+        }, {
+            # Paid files: paying answers a presigned link instead of the bytes.
+            "id": "reports", "prefix": "/reports", "kind": "files", "target": origin_url,
+            "provider": "skyroute", "description": "SkyRoute's quarterly traffic report",
+            "rails": ["x402-evm"], "prices": {"usdc": "0.01"},
+            "pay_to": {"evm": devnet.merchant.address}, "default_units": 1,
         }],
+        "files": {"directory": str(workdir / "files"), "url_ttl_seconds": 600},
     }
 
 
@@ -188,6 +196,7 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
             steps.say("Per-route costs (1 unit = 0.001 USDC)", "\n".join(costs))
             steps.say("Spent in total",
                       f"{client.spent.total(devnet.token_address)} atomic units of test USDC")
+            await _file_walkthrough(steps, gw, app, client, devnet.token_address)
         await _session_walkthrough(steps, gw, hedera)
         bob = hedera.account("bob").account_id
         wallet = f"{gw}/?paygate=skyroute&account={bob}"
@@ -214,6 +223,40 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
             await runner.cleanup()
         await asyncio.to_thread(devnet.stop)
         await asyncio.to_thread(hedera.stop)
+
+
+async def _file_walkthrough(steps: Steps, gw: str, app: web.Application, client,
+                            token: str) -> None:
+    """The provider uploads a file through the signed admin API; a caller buys it with
+    x402 and downloads a range of it from the presigned link."""
+    from gateway.admin.auth import sign
+    from gateway.admin.common import ADMIN
+
+    key, secret = await app[ADMIN].keys.create("skyroute", False)
+    data = b"".join(f"{i:05d} SkyRoute quarterly traffic\n".encode() for i in range(2000))
+    boundary = "tollgate-demo"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"q3.txt\"\r\nContent-Type: text/plain\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()
+    path = "/api/v1/paygates/reports/files/q3.txt"
+    ts = str(int(time.time()))
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.put(gw + path, content=body, headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}", "X-PAY-Key": key.id,
+            "X-PAY-Timestamp": ts, "X-PAY-Signature": sign(secret, ts, "PUT", path, body)})
+        made = r.json()
+        before = client.spent.total(token)
+        bought = await client.get(gw + "/reports/q3.txt")
+        link = bought.json()
+        part = await http.get(link["url"], headers={"Range": "bytes=0-63"})
+    paid = client.spent.total(token) - before
+    steps.say("A paid file, delivered by presigned link", (
+        f"PUT {path} (signed admin API) -> {r.status_code}, {made.get('size')} bytes, "
+        f"sha256 {str(made.get('sha256'))[:16]}...\n"
+        f"GET /reports/q3.txt -> {bought.status_code}, paid {paid} atomic units: "
+        f"{link['url'][:len(gw) + 40]}...\n"
+        f"GET <link> with Range: bytes=0-63 -> {part.status_code} "
+        f"{part.headers.get('Content-Range')}: {part.content[:28].decode()!r}..."))
 
 
 def hbar(tinybars: int) -> str:
