@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway import (admin, facilitator, health, metrics, proxy, request_context, sessions_api,
+from gateway import (admin, checkout, facilitator, health, metrics, proxy, request_context, sessions_api,
                      wallet)
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
@@ -135,6 +135,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     metrics.add(app, config)  # /metrics when [metrics] enabled
     facilitator.add_routes(app)
     sessions_api.add_routes(app)
+    checkout.add_routes(app)  # plans, prepaid tokens: /checkout, /api/checkout, /api/tokens
     wallet.add_routes(app)  # the wallet page at /, /api/paygates, /api/wallet/*
     admin.add_routes(app)
     add_proxy_routes(app)

@@ -14,6 +14,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from gateway.admin import discovery, keys_api, openapi, paygates_api, secrets_api, usage_api, webhooks_api
+from gateway.admin import tokens_api
 from gateway.admin.auth import ADMIN_KEY, PUBLIC_PATHS, authenticate
 from gateway.admin.common import ADMIN, admin_of, gw_of
 from gateway.admin.runtime import AdminState, poll, reload
@@ -106,6 +107,7 @@ def add_routes(app: web.Application) -> None:
     secrets_api.add_routes(api)
     webhooks_api.add_routes(api)
     usage_api.add_routes(api)
+    tokens_api.add_routes(api)
     openapi.add_routes(api)  # public
     discovery.add_routes(app)  # public
     app.cleanup_ctx.append(_lifecycle)
