@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway import (admin, authorize, facilitator, files_serve, health, metrics, proxy, request_context, sessions_api,
-                     wallet)
+from gateway import (admin, authorize, checkout, facilitator, files_serve, health, metrics, proxy,
+                     request_context, sessions_api, wallet)
 from gateway.config import Config, ConfigError
 from gateway.errors import TollgateError
 from gateway.forward import GuardedResolver
@@ -135,6 +135,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     metrics.add(app, config)  # /metrics when [metrics] enabled
     facilitator.add_routes(app)
     sessions_api.add_routes(app)
+    checkout.add_routes(app)  # plans, prepaid tokens: /checkout, /api/checkout, /api/tokens
     wallet.add_routes(app)  # the wallet page at /, /api/paygates, /api/wallet/*
     admin.add_routes(app)
     authorize.add_routes(app)  # middleware mode: /v1/authorize, signed like the admin API

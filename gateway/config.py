@@ -27,8 +27,8 @@ from pydantic import (
 
 from gateway.ssrf import is_private_host
 
-RAILS = ("x402-evm", "x402-hedera", "hedera-session")
-Rail = Literal["x402-evm", "x402-hedera", "hedera-session"]
+RAILS = ("x402-evm", "x402-hedera", "hedera-session", "prepaid-token")
+Rail = Literal["x402-evm", "x402-hedera", "hedera-session", "prepaid-token"]
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
                "gb": 1000**3, "gib": 1024**3}
@@ -292,6 +292,33 @@ class OriginAuthConfig(_Model):
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
+class PlanConfig(_Model):
+    """A plan sold at checkout: `units` of quota on a prepaid token, for `prices` (one
+    price per asset, for the whole plan). Without prices it is a free plan: taken once
+    per email per paygate, at most `per_address_limit` times per client address."""
+
+    id: str
+    units: int = Field(gt=0)
+    prices: dict[str, Price] = {}
+    per_address_limit: int = Field(1, ge=1)
+    warn_below: int | None = Field(None, ge=1)  # quota.warning threshold; default a tenth
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return _checked_id(v)
+
+    @property
+    def free(self) -> bool:
+        return not self.prices
+
+
+def _checked_id(v: str) -> str:
+    if not _ID.fullmatch(v):
+        raise ValueError("must be lowercase letters, digits, - or _ (at most 63)")
+    return v
+
+
 class PaygateConfig(_Model):
     id: str
     prefix: str
@@ -315,6 +342,7 @@ class PaygateConfig(_Model):
     # "files": the paygate sells its uploaded / S3 files (paying answers a download URL)
     kind: Literal["proxy", "files"] = "proxy"
     discoverable: bool = True  # listed in the public discovery document
+    plans: list[PlanConfig] = []  # prepaid-token plans sold at /api/checkout/{id}/{plan}
 
     @field_validator("id")
     @classmethod
@@ -344,6 +372,17 @@ class PaygateConfig(_Model):
         if len(set(self.rails)) != len(self.rails):
             raise ValueError("rails: each rail may appear once")
         return self
+
+    @model_validator(mode="after")
+    def _plans_take_tokens(self) -> "PaygateConfig":
+        if len({p.id for p in self.plans}) != len(self.plans):
+            raise ValueError("plans: each plan id may appear once")
+        if self.plans and "prepaid-token" not in self.rails:
+            self.rails.append("prepaid-token")  # a plan's token pays through this rail
+        return self
+
+    def plan(self, plan_id: str) -> PlanConfig | None:
+        return next((p for p in self.plans if p.id == plan_id), None)
 
 
 class FilesConfig(_Model):
@@ -455,6 +494,10 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
                 f"{where}.prices.{asset_id}: {price} has more than {asset.decimals} decimals")
     priced = {a: cfg.assets[a] for a in pg.prices if a in cfg.assets}
     for rail in pg.rails:
+        if rail == "prepaid-token":
+            if not pg.plans:
+                errors.append(f"{where}.rails: prepaid-token needs plans")
+            continue
         if rail == "x402-evm":
             evm_assets = [a for a in priced.values() if isinstance(a, Eip3009Asset)]
             if not evm_assets:
@@ -471,6 +514,15 @@ def _check_paygate(cfg: Config, pg: PaygateConfig, where: str) -> list[str]:
                 errors.append(f"{where}.rails: {rail} needs a [hedera] section")
             if rail == "x402-hedera" and "hedera" not in pg.pay_to:
                 errors.append(f"{where}.pay_to.hedera: required by the x402-hedera rail")
+    for j, plan in enumerate(pg.plans):
+        for asset_id in plan.prices:
+            if asset_id not in pg.prices:
+                errors.append(f"{where}.plans[{j}].prices.{asset_id}: the paygate has no "
+                              "price in this asset, so no x402 rail sells in it")
+            elif asset_id in cfg.assets:
+                with localcontext(prec=100):
+                    if (plan.prices[asset_id] * 10**cfg.assets[asset_id].decimals) % 1:
+                        errors.append(f"{where}.plans[{j}].prices.{asset_id}: too many decimals")
     if any(pg.prices.values()) and not pg.rails:
         errors.append(f"{where}.rails: a priced paygate needs at least one rail")
     charges = pg.default_units > 0 or any(r.units > 0 for r in pg.rules)

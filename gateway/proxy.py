@@ -187,6 +187,8 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now(),
         sign_request=pg.origin_auth.signs_request, header_prefix=pg.origin_auth.header_prefix,
         legacy_path_line=pg.origin_auth.legacy_path_line))
+    if charge is not None and charge.origin_headers:
+        headers.update(charge.origin_headers)
 
     rail = gw.rails[charge.rail] if charge else None
     request_context.note_payer(request, charge.payer if charge else None)

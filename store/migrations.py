@@ -138,6 +138,8 @@ MIGRATIONS: list[Migration] = [
     Migration(9, "hot path: payer exposure index; PostgreSQL batched session charges",
               _hot_path),
     Migration(10, "batch settlement transactions", _create("settlement_txs")),
+    Migration(12, "plans: prepaid tokens, their charges, free-plan claims",
+              _create("prepaid_tokens", "token_charges", "free_claims")),
     Migration(13, "paid files", _create("paid_files")),
 ]
 

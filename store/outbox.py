@@ -25,6 +25,7 @@ EVENT_TYPES = (
     "allowance.low", "allowance.exhausted",
     "payment.settled", "payment.failed",
     "secret.rotated", "paygate.changed",
+    "quota.warning", "quota.exceeded",
 )
 
 

@@ -340,3 +340,48 @@ paid_files = Table(
     Column("sha256", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
 )
+
+# Prepaid tokens sold by plan (checkout): the bearer token is stored only as its sha256.
+# `remaining` is the quota left, in units; `units_total` what was ever bought (top-ups add).
+prepaid_tokens = Table(
+    "prepaid_tokens", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("paygate_id", String(64), nullable=False, index=True),
+    Column("plan_id", String(64), nullable=False),
+    Column("billing", String(8), nullable=False),  # paid | free
+    Column("units_total", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("warn_below", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # active | revoked
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+# One row per call charged to a prepaid token, keyed by (token, idempotency key) as
+# session_charges: the stored response is replayed to a retry of the same key.
+token_charges = Table(
+    "token_charges", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_id", String(32), nullable=False, index=True),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | kept
+    Column("created_at", Float, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("headers", Text, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    UniqueConstraint("token_id", "idempotency_key", name="uq_token_charges_key"),
+)
+
+# Free plans taken: once per (paygate, email hash); counted per client address.
+free_claims = Table(
+    "free_claims", metadata,
+    Column("paygate_id", String(64), primary_key=True),
+    Column("email_hash", String(64), primary_key=True),
+    Column("plan_id", String(64), nullable=False),
+    Column("client", String(64), nullable=False, index=True),
+    Column("token_id", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+)

@@ -13,7 +13,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from gateway.admin import discovery, files_api, keys_api, openapi, paygates_api, secrets_api, usage_api, webhooks_api
+from gateway.admin import (discovery, files_api, keys_api, openapi, paygates_api, secrets_api,
+                           tokens_api, usage_api, webhooks_api)
 from gateway.admin.auth import ADMIN_KEY, PUBLIC_PATHS, authenticate
 from gateway.admin.common import ADMIN, admin_of, gw_of
 from gateway.admin.runtime import AdminState, poll, reload
@@ -107,6 +108,7 @@ def add_routes(app: web.Application) -> None:
     webhooks_api.add_routes(api)
     usage_api.add_routes(api)
     files_api.add_routes(api, app)
+    tokens_api.add_routes(api)
     openapi.add_routes(api)  # public
     discovery.add_routes(app)  # public
     app.cleanup_ctx.append(_lifecycle)

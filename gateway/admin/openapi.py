@@ -92,6 +92,9 @@ SCHEMAS: dict[str, Any] = {
         "paygate": _STR, "mode": _STR, "current": _STR, "previous": _nullable(_STR),
         "previous_valid_until": _nullable(_NUM)}),
     "SecretInput": _obj(["secret"], {"secret": _STR, "grace_seconds": _INT}, extra=False),
+    "Token": _obj(["id", "paygate", "plan", "billing", "units_total", "remaining", "state"], {
+        "id": _STR, "paygate": _STR, "plan": _STR, "billing": {"enum": ["paid", "free"]},
+        "units_total": _INT, "remaining": _INT, "state": {"enum": ["active", "revoked"]}}),
     "Webhook": _obj(["id", "provider", "url", "events", "low_threshold", "enabled"], {
         "id": _STR, "provider": _nullable(_STR), "url": _STR,
         "events": {"type": "array", "items": {"enum": ["*", *EVENT_TYPES]}},
@@ -216,6 +219,11 @@ PATHS: dict[str, Any] = {
                            _query("paygate", _STR), _query("top", _INT),
                            _query("format", {"enum": ["json", "csv"]})],
                    errors=("422",), tag="usage")},
+    "/api/v1/tokens/{token_id}": {
+        "parameters": [_path_param("token_id")],
+        "get": _op("A prepaid token's plan, quota and state", _ok("200", _ref("Token")),
+                   tag="tokens"),
+        "delete": _op("Revoke a prepaid token", _ok("200", _ref("Token")), tag="tokens")},
 }
 
 _SIGNED = [{"X-PAY-Key": [], "X-PAY-Timestamp": [], "X-PAY-Signature": []}]

@@ -79,6 +79,7 @@ class Charge:
     remaining: int | None = None
     ref: Any = None  # the rail's own handle
     strip_headers: tuple[str, ...] = ()  # caller credentials the origin must not see
+    origin_headers: dict[str, str] = field(default_factory=dict)  # extra context (the plan)
 
 
 class PaymentRejected(Exception):

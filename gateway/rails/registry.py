@@ -104,8 +104,15 @@ async def _hedera_session(gw: "Gateway") -> Rail:
     return rail
 
 
+async def _prepaid_token(gw: "Gateway") -> Rail:
+    from gateway.rails.token import TokenRail
+
+    return TokenRail(gw)
+
+
 _FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {
     "x402-evm": _x402_evm,
     "x402-hedera": _x402_hedera,
     "hedera-session": _hedera_session,
+    "prepaid-token": _prepaid_token,
 }

@@ -137,6 +137,8 @@ async def test_every_operation_is_documented_and_answers_as_documented(gateway, 
     await call("get", "/api/v1/usage", "/api/v1/usage", want=200)
     await call("get", "/api/v1/usage", "/api/v1/usage?format=csv", want=200)
     await call("get", "/api/v1/usage", "/api/v1/usage?period=year", want=422)
+    await call("get", "/api/v1/tokens/{token_id}", "/api/v1/tokens/tok_none", want=404)
+    await call("delete", "/api/v1/tokens/{token_id}", "/api/v1/tokens/tok_none", want=404)
     await call("delete", W + "/{webhook_id}", f"{W}/{wid}", want=204)
     await call("delete", one, P + "/weather", want=204)
 
