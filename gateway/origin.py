@@ -213,7 +213,7 @@ def hmac_signature(secret: str, x_payment: str, x_payment_response: str) -> str:
     """``hmac`` mode: standard base64 of HMAC-SHA256(secret, x_payment + "|" +
     x_payment_response). Pass "" for a header that is not sent."""
     message = f"{x_payment or ''}|{x_payment_response or ''}".encode("utf-8")
-    digest = hmac.new(_key(secret), message, hashlib.sha256).digest()
+    digest = hmac.digest(_key(secret), message, "sha256")
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -274,7 +274,7 @@ def request_signature_from_digest(
 def signature_of_canonical(secret: str, canonical: bytes) -> str:
     """``X-Tollgate-Signature`` value ("v1=<hex>") of a canonical string built by
     ``request_canonical_from_digest``."""
-    return SIGNATURE_VERSION + hmac.new(_key(secret), canonical, hashlib.sha256).hexdigest()
+    return SIGNATURE_VERSION + hmac.digest(_key(secret), canonical, "sha256").hex()
 
 
 def _context_message(canonical: bytes, context: Mapping[str, str]) -> bytes:
@@ -295,7 +295,7 @@ def context_signature(secret: str, canonical: bytes, context: Mapping[str, str])
     ``context`` (any of CONTEXT_HEADERS; others are ignored) to the request whose
     ``request`` canonical string (with the ``?`` path line) is ``canonical``."""
     message = _context_message(canonical, context)
-    return SIGNATURE_VERSION + hmac.new(_key(secret), message, hashlib.sha256).hexdigest()
+    return SIGNATURE_VERSION + hmac.digest(_key(secret), message, "sha256").hex()
 
 
 def request_signature(
@@ -563,7 +563,7 @@ def verify_request(
                                                legacy_path_line=True)
     except ValueError:
         raise OriginAuthError("bad_request_id") from None
-    expected = [SIGNATURE_VERSION + hmac.new(_key(k), c, hashlib.sha256).hexdigest()
+    expected = [SIGNATURE_VERSION + hmac.digest(_key(k), c, "sha256").hex()
                 for k in keys for c in {canonical, legacy}]
     if not any([_same(e, given.lower()) for e in expected]):
         raise OriginAuthError("bad_signature")
