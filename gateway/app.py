@@ -24,6 +24,7 @@ from gateway.logs import quiet_malformed_requests
 from gateway.rails.registry import build_rails, evm_chains
 from gateway.routing import Router
 from gateway.state import GATEWAY, Gateway
+from gateway.upstream import OriginPool
 from store import migrations
 from store.clock import Clock, SystemClock
 from store.crypto import load_master_key
@@ -48,7 +49,10 @@ async def error_middleware(request: web.Request, handler):
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status, "bad_request" if exc.status < 500 else "internal_error")
         return web.json_response({"error": code, "message": exc.reason}, status=exc.status)
-    except Exception:
+    except Exception as exc:
+        down = request_context.store_down(exc)
+        if down is not None:
+            return web.json_response(down.body(), status=down.status, headers=down.headers)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(
             {"error": "internal_error", "message": "internal error"}, status=500)
@@ -96,7 +100,8 @@ def _lifecycle(config: Config, clock: Clock):
                             f"{pg.origin_auth.secret_env} is not set")
                 await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
             gw = Gateway(config=config, router=Router(config.paygates), engine=engine,
-                         secret_store=secret_store, clock=clock, http=http, resolver=resolver)
+                         secret_store=secret_store, clock=clock, http=http, resolver=resolver,
+                         origins=OriginPool(resolver))
             app[GATEWAY] = gw  # first, so a failure below still closes what was started
             await evm_chains(gw)
             await build_rails(gw)
@@ -111,6 +116,8 @@ def _lifecycle(config: Config, clock: Clock):
                 await gw_state.evm.aclose()
             if gw_state is not None and gw_state.hedera is not None:
                 await gw_state.hedera.aclose()
+            if gw_state is not None and gw_state.origins is not None:
+                await gw_state.origins.close()
             await http.close()
             await engine.dispose()
     return ctx

@@ -76,7 +76,7 @@ def cmd_serve(args) -> int:
     from aiohttp import web
 
     from gateway import logs
-    from gateway.access_log import AccessLogger, batch_stderr_logging, lean_log_records
+    from gateway.access_log import batch_stderr_logging, lean_log_records
     from gateway.app import create_app
 
     server = config.server.model_copy(update={k: v for k, v in
@@ -88,7 +88,7 @@ def cmd_serve(args) -> int:
     app = create_app(config)  # batched handlers are in place, so they get its formatter
     web.run_app(app, host=config.server.host, port=config.server.port,
                 shutdown_timeout=config.server.shutdown_grace_seconds, print=_announce(config),
-                access_log_class=AccessLogger)
+                access_log=None)  # tollgate.access writes the access line (request_context)
     return 0
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Iterable, Mapping
 
-from aiohttp import ClientResponse
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDict
 
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.ssrf import is_private_host
+
+if TYPE_CHECKING:
+    from gateway.upstream import UpstreamResponse
 
 log = logging.getLogger("tollgate.forward")
 
@@ -134,10 +136,10 @@ class ResponseTooLarge(Exception):
     pass
 
 
-async def iter_response(upstream: ClientResponse, cap: int) -> AsyncIterator[bytes]:
+async def iter_response(upstream: "UpstreamResponse", cap: int) -> AsyncIterator[bytes]:
     """The origin's body as it arrives, stopping with ResponseTooLarge past `cap` bytes."""
     seen = 0
-    async for chunk in upstream.content.iter_any():
+    async for chunk in upstream.chunks():
         seen += len(chunk)
         if seen > cap:
             raise ResponseTooLarge(f"origin response is larger than {cap} bytes")

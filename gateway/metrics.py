@@ -81,9 +81,22 @@ SETTLEMENT_LAG = Histogram("tollgate_store_settlement_lag_seconds",
                            "this process started", buckets=_LAG, registry=REGISTRY)
 
 
+# Labelled children, looked up once: `labels()` takes a lock and builds a key per call. The
+# labels are bounded (paygate and rail ids from the config, HTTP statuses).
+_counted: dict[tuple[str | None, str | None, int], tuple] = {}
+
+
 def request_done(paygate: str | None, rail: str | None, status: int, seconds: float) -> None:
-    REQUESTS.labels(paygate or "none", rail or "none", str(status)).inc()
-    REQUEST_SECONDS.labels(paygate or "none").observe(seconds)
+    key = (paygate, rail, status)
+    children = _counted.get(key)
+    if children is None:
+        if len(_counted) >= 10_000:
+            _counted.clear()
+        children = _counted[key] = (
+            REQUESTS.labels(paygate or "none", rail or "none", str(status)),
+            REQUEST_SECONDS.labels(paygate or "none"))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def _chain_call(service: str, call: str, outcome: str, seconds: float) -> None:

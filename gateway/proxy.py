@@ -16,7 +16,6 @@ import hashlib
 import logging
 from functools import lru_cache
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
@@ -39,7 +38,8 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
-from gateway.routing import Match, Router, path_problem, strip_prefix
+from gateway.routing import Match, path_problem, strip_prefix
+from gateway.upstream import UpstreamBroken, UpstreamFailed, UpstreamResponse
 from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("tollgate.proxy")
@@ -53,19 +53,6 @@ _cached_path_problem = lru_cache(maxsize=4096)(path_problem)
 
 def _path_problem(raw_path: str) -> str | None:
     return _cached_path_problem(raw_path) if len(raw_path) <= 256 else path_problem(raw_path)
-
-
-@lru_cache(maxsize=4096)
-def _cached_match(router: Router, method: str, host: str, path: str) -> Match | None:
-    return router.match(method, host, path)
-
-
-def _match(router: Router, method: str, host: str, path: str) -> Match | None:
-    """Router.match, remembered per router for short paths (a Router and its config are
-    immutable: a new config builds a new Router, which misses this cache)."""
-    if len(path) + len(host) <= 256:
-        return _cached_match(router, method, host, path)
-    return router.match(method, host, path)
 
 
 class _Body:
@@ -105,7 +92,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if problem is not None:
         raise BadRequest(problem, code="invalid_path")
     forward.check_headers(request.headers.items())
-    match = _match(gw.router, request.method, request.host, path)
+    match = gw.router.match_cached(request.method, request.host, path)
     if match is None:
         raise NotFound(f"no paygate serves {path}")
     pg = match.paygate
@@ -189,6 +176,9 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         legacy_path_line=pg.origin_auth.legacy_path_line))
     if charge is not None and charge.origin_headers:
         headers.update(charge.origin_headers)
+    request_id = request_context.request_id(request)
+    if request_id is not None:  # the caller's when sane, else the gateway's own
+        headers[request_context.REQUEST_ID] = request_id
 
     rail = gw.rails[charge.rail] if charge else None
     request_context.note_payer(request, charge.payer if charge else None)
@@ -252,30 +242,17 @@ def _target_base(target: str) -> tuple[str, str]:
     return str(base.origin()), base.raw_path.rstrip("/")
 
 
-@lru_cache(maxsize=256)
-def _client_timeout(timeout: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10), sock_read=timeout)
-
-
 async def _open_upstream(gw: Gateway, method: str, url: URL, headers, data, timeout: float):
     try:
-        async with asyncio.timeout(timeout):
-            return await gw.http.request(
-                method, url, headers=headers, data=data, allow_redirects=False,
-                timeout=_client_timeout(timeout),
-                auto_decompress=False)
+        return await gw.origins.request(method, url, headers.items(), data,
+                                        connect_timeout=min(timeout, 10), read_timeout=timeout)
     except TimeoutError:
         raise UpstreamTimeout(f"origin did not answer within {timeout:g} s") from None
     except PayloadTooLarge:
         raise
     except forward.TargetRefused as exc:
         return _refused_target(exc)
-    except (aiohttp.ClientError, OSError) as exc:
-        if isinstance(getattr(exc, "os_error", None), forward.TargetRefused):
-            return _refused_target(exc.os_error)
-        if isinstance(exc.__cause__, PayloadTooLarge):
-            # the caller's streamed body passed the cap while aiohttp was sending it
-            raise exc.__cause__ from None
+    except (UpstreamFailed, OSError) as exc:
         log.warning("origin unreachable: %s %s: %s", method, url, exc)
         raise UpstreamError("origin is unreachable") from None
 
@@ -286,8 +263,13 @@ def _refused_target(exc: Exception):
                         code="target_not_allowed") from None
 
 
-async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, cap: int,
+async def _stream_back(request: web.Request, upstream: UpstreamResponse, cap: int,
                        receipt: dict[str, str], charge: Charge | None, rail) -> web.StreamResponse:
+    # HEAD, 204 and 304 answers carry no body but may announce one's length: streamed.
+    whole = (upstream.body_if_complete()
+             if request.method != "HEAD" and upstream.status not in (204, 304) else None)
+    if whole is not None and len(whole) <= cap:
+        return await _send_whole(request, upstream, whole, receipt, charge, rail)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     resp.headers.update(forward.response_headers_for_client(upstream.headers.items()))
     resp.headers.update(receipt)
@@ -311,7 +293,7 @@ async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, c
         log.warning("aborting response for %s: %s", request.path, exc)
     except ConnectionResetError:  # aiohttp's write error when the client left
         log.info("client went away during %s", request.path)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+    except (UpstreamBroken, TimeoutError) as exc:
         log.warning("origin broke off the response for %s: %s", request.path, exc or type(exc).__name__)
     if charge is not None and rail is not None:
         stored_headers = [(k, v) for k, v in resp.headers.items()]
@@ -325,5 +307,35 @@ async def _stream_back(request: web.Request, upstream: aiohttp.ClientResponse, c
         if request.transport is not None:
             request.transport.abort()
         return resp
+    await resp.write_eof()
+    return resp
+
+
+async def _send_whole(request: web.Request, upstream: UpstreamResponse, body: bytes,
+                      receipt: dict[str, str], charge: Charge | None,
+                      rail) -> web.StreamResponse:
+    """The origin's whole answer, already read, sent with one write: the origin's headers
+    minus hop-by-hop ones, its length. A paid call's answer is recorded after the caller
+    has it, as the streaming path does."""
+    headers = forward.response_headers_for_client(upstream.headers.items())
+    headers.update(receipt)
+    headers.popall("Content-Length", None)
+    if charge is None or rail is None:
+        return web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                            headers=headers)
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    complete = True
+    try:
+        await resp.write(body)
+    except ConnectionResetError:  # the caller left; what was served is recorded still
+        log.info("client went away during %s", request.path)
+    keep_limit = getattr(rail, "replay_max_bytes", None)
+    kept = keep_limit is None or len(body) <= keep_limit
+    stored_headers = [(k, v) for k, v in resp.headers.items()]
+    await asyncio.shield(rail.record(charge, StoredResponse(
+        upstream.status, stored_headers, body if kept else b"", complete=complete,
+        body_kept=kept, body_size=len(body))))
     await resp.write_eof()
     return resp

@@ -1,13 +1,14 @@
 """Per-request context: the request id, what the request was (paygate, rail, units, payer),
 and what became of it (status, outcome, duration), for logs and metrics.
 
-Two middlewares, installed by `install(app)` around the app's error middleware:
+A middleware, installed by `install(app)` around the app's error middleware (which turns
+`store_down` faults into 503):
 
 - `outer` (first): takes the caller's `X-Request-Id` when it is sane (1-128 characters of
-  `A-Za-z0-9._:-`), else makes one; the proxy forwards it to the origin like any header and
-  every answer carries it back. When the request ends it writes one access line
+  `A-Za-z0-9._:-`), else makes one; the proxy sends it to the origin (in place of an insane
+  one) and every answer carries it back. When the request ends it writes one access line
   (`tollgate.access`) and counts the request in `gateway.metrics`.
-- `inner` (last): a store that cannot be reached (connection refused or lost, too many
+- `store_down`: a store that cannot be reached (connection refused or lost, too many
   clients, pool exhausted) is the gateway's fault of capacity, not a bug: 503
   `store_unavailable`, never a 500. Nothing was charged by a statement that did not run,
   and the caller may retry.
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 
 import sqlalchemy.exc
 from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway import metrics
+from gateway.access_log import write_info_line
 from gateway.errors import Unavailable
 from gateway.state import GATEWAY
 
@@ -57,10 +58,15 @@ CONTEXT = web.RequestKey("tollgate_context", RequestContext)
 
 
 def install(app: web.Application) -> None:
-    """Add both middlewares and the response stamp to a not-yet-frozen app."""
+    """Add the middleware and the response stamp to a not-yet-frozen app."""
     app.middlewares.insert(0, outer)
-    app.middlewares.append(inner)
     app.on_response_prepare.append(_stamp)
+
+
+def request_id(request: web.Request) -> str | None:
+    """The request's id: the caller's X-Request-Id when sane, else one made here."""
+    ctx = request.get(CONTEXT)
+    return ctx.request_id if ctx is not None else None
 
 
 def note_payer(request: web.Request, payer: str | None) -> None:
@@ -74,17 +80,9 @@ def note_payer(request: web.Request, payer: str | None) -> None:
 async def outer(request: web.Request, handler):
     rid = request.headers.get(REQUEST_ID, "")
     if not _SANE_ID.fullmatch(rid):
-        rid = uuid.uuid4().hex
+        rid = uuid.uuid4().hex  # the proxy sends the origin this one, not the caller's
     ctx = RequestContext(rid, time.monotonic())
     request[CONTEXT] = ctx  # aiohttp prepares a returned response with this request
-    if request.headers.get(REQUEST_ID) != rid:
-        headers = CIMultiDict(request.headers)
-        headers[REQUEST_ID] = rid  # replaces an insane one: the origin gets this id
-        try:
-            request = request.clone(headers=headers)
-            request[CONTEXT] = ctx
-        except UnicodeEncodeError:
-            pass  # undecodable header bytes: the proxy refuses them (400) before any origin
     _classify(request, ctx)
     token = current_request_id.set(rid)
     status = 500
@@ -103,20 +101,21 @@ async def outer(request: web.Request, handler):
         current_request_id.reset(token)
 
 
-@web.middleware
-async def inner(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-            sqlalchemy.exc.TimeoutError, sqlalchemy.exc.DisconnectionError) as exc:
-        raise _store_down(exc) from None
-    except sqlalchemy.exc.DBAPIError as exc:
+def store_down(exc: BaseException) -> Unavailable | None:
+    """A store that cannot be reached (connection refused or lost, too many clients, pool
+    exhausted) is the gateway's fault of capacity, not a bug: 503 `store_unavailable`,
+    never a 500. Nothing was charged by a statement that did not run. None: another fault."""
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                        sqlalchemy.exc.TimeoutError, sqlalchemy.exc.DisconnectionError)):
+        return _store_down(exc)
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
         if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):
-            raise _store_down(exc) from None
-        raise
-    except (ConnectionRefusedError, ConnectionResetError) as exc:
+            return _store_down(exc)
+        return None
+    if isinstance(exc, (ConnectionRefusedError, ConnectionResetError)):
         # asyncpg's connect raises these unwrapped when the server is not there
-        raise _store_down(exc) from None
+        return _store_down(exc)
+    return None
 
 
 # SQLSTATE classes that mean "the server is not taking work", not "your statement is
@@ -151,7 +150,7 @@ def _classify(request: web.Request, ctx: RequestContext) -> None:
     if gw is None:
         return
     try:
-        match = gw.router.match(request.method, request.host, request.path)
+        match = gw.router.match_cached(request.method, request.host, request.path)
     except Exception:  # a path the proxy will refuse; it says why
         return
     if match is None:
@@ -181,8 +180,13 @@ def _done(request: web.Request, ctx: RequestContext, status: int) -> None:
     seconds = time.monotonic() - ctx.started
     outcome = _outcome(status, ctx.replayed)
     metrics.request_done(ctx.paygate, ctx.rail, status, seconds)
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    message = f"{request.method} {request.path} {status} {outcome} {seconds * 1000:.1f}ms"
+    if write_info_line(access_log, message):
+        return  # the text format: the line is all there is to write
     access_log.info(
-        "%s %s %s %s %.1fms", request.method, request.path, status, outcome, seconds * 1000,
+        "%s", message,
         extra={"request_id": ctx.request_id, "method": request.method, "path": request.path,
                "status": status, "outcome": outcome, "duration_ms": round(seconds * 1000, 1),
                "paygate": ctx.paygate, "rail": ctx.rail, "units": ctx.units,

@@ -76,6 +76,9 @@ class Match:
         return self.route.paygate
 
 
+_REMEMBER = 4096
+
+
 class Router:
     def __init__(self, paygates: list[PaygateConfig]) -> None:
         routes = [Route(pg, tuple(CompiledRule(r.method, glob_to_regex(r.path), r.units,
@@ -83,6 +86,24 @@ class Router:
                                   for r in pg.rules)) for pg in paygates]
         # Longest prefix first; host-bound before host-less for equal prefixes.
         self._routes = sorted(routes, key=lambda r: (-len(r.paygate.prefix), r.paygate.host is None))
+        self._remembered: dict[tuple[str, str | None, str], Match | None] = {}
+
+    def match_cached(self, method: str, host: str | None, path: str) -> Match | None:
+        """`match`, remembered for short (method, host, path) triples: a Router and its
+        config are immutable (a new config builds a new Router), so an answer never goes
+        stale, and at most _REMEMBER answers are kept whatever callers send."""
+        if len(path) + len(host or "") > 256:
+            return self.match(method, host, path)
+        key = (method, host, path)
+        try:
+            return self._remembered[key]
+        except KeyError:
+            pass
+        found = self.match(method, host, path)
+        if len(self._remembered) >= _REMEMBER:
+            self._remembered.clear()
+        self._remembered[key] = found
+        return found
 
     @property
     def routes(self) -> list[Route]:

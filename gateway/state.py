@@ -34,6 +34,7 @@ class Gateway:
     evm: Any = None  # gateway.rails.evm.EvmChains when [evm] networks are configured
     hedera: Any = None  # gateway.rails.registry.HederaLink when a Hedera rail is configured
     resolver: Any = None  # gateway.forward.GuardedResolver of `http` (runtime paygates widen it)
+    origins: Any = None  # gateway.upstream.OriginPool: the proxy's connections to origins
     _secrets: dict[str, tuple[float, OriginSecrets]] = field(default_factory=dict)
     _secret_reads: dict[str, asyncio.Task] = field(default_factory=dict)
     _secret_epoch: int = 0
