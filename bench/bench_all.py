@@ -75,6 +75,11 @@ class Bench:
         self.extra: dict[str, object] = {}
         self.procs: list[subprocess.Popen] = []
 
+    def wants(self, *names: str) -> bool:
+        """Whether `--only` (absent: everything) selects any of these parts."""
+        only = self.args.only
+        return not only or any(n in only for n in names)
+
     # -- one HTTP path ---------------------------------------------------------------
 
     def lines_for(self, concurrency: int, cap: int) -> int:
@@ -92,6 +97,8 @@ class Bench:
         before_hot/after_hot run just before and after the run at 32 (after_hot may return
         figures to add to the row)."""
         a = self.args
+        if not self.wants(name):
+            return
         files = {}
         if make_lines is not None:
             for label, n in (("warm", 40), ("c32", self.lines_for(32, a.max_paid)),
@@ -202,7 +209,18 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
     b.measure("bare proxy", f"http://127.0.0.1:{proxy_port}/sky/v1/flights", pp.pid)
     stop(pp)
 
-    # x402 deferred (and the free route, time to ready, the /v1/authorize probe)
+    if b.wants("free route", "/v1/authorize", "x402 deferred", "ready"):
+        run_deferred(b, origin, evm_blocks)
+    if b.wants("x402 after"):
+        run_after(b, origin, evm_auto)
+    if b.wants("session-paid", "rss"):
+        run_session(b, origin, hedera)
+    stop(op)
+
+
+def run_deferred(b: Bench, origin: str, evm_blocks) -> None:
+    """x402 deferred, and the free route, time to ready, /v1/authorize on its gateway."""
+    a = b.args
     gp, gw, d, ready = start_gateway(b, "gw-deferred", lambda port, d: cfgs.x402_config(
         evm_blocks, origin, port, d, "deferred"),
         {cfgs.SETTLER_ENV: evm_blocks.settler.private_key})
@@ -233,7 +251,9 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
     b.extra["queue"] = samples
     stop(gp)
 
-    # x402 after (automine: each request waits for its own receipt)
+
+def run_after(b: Bench, origin: str, evm_auto) -> None:
+    """x402 after (automine: each request waits for its own receipt)."""
     gp, gw, d, _ = start_gateway(b, "gw-after", lambda port, d: cfgs.x402_config(
         evm_auto, origin, port, d, "after"), {cfgs.SETTLER_ENV: evm_auto.settler.private_key})
     wire_after = requirements(gw + "/sky/v1/flights")
@@ -242,8 +262,12 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
               lambda n: cfgs.signed_lines(payer_keys, wire_after, n))
     stop(gp)
 
-    # session-paid on one session, then RSS once N sessions have each been called once
+
+def run_session(b: Bench, origin: str, hedera) -> None:
+    """Session-paid on one session, then RSS once N sessions have each been called once."""
     from tests.gateway.session_support import approve
+
+    a = b.args
 
     owner, spender = hedera.account("alice"), hedera.account("spender")
     asyncio.run(approve(hedera, owner, cfgs.SESSION_ALLOWANCE * 10))
@@ -261,6 +285,9 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
     url = gw + "/sky/v1/flights"
     b.measure("session-paid", url, gp.pid, lambda n: cfgs.session_lines(tokens[:1], n),
               profile=bool(a.profile))
+    if not b.wants("rss"):
+        stop(gp)
+        return
     touch = write_header_lines(cfgs.session_lines(tokens, len(tokens)), b.work, "touch")
     t = run_load(url, concurrency=32, seconds=a.touch_seconds, header_file=touch, use_wrk=a.wrk)
     with sqlite3.connect(f"file:{d / 'tollgate.db'}?mode=ro", uri=True) as conn:
@@ -270,7 +297,6 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
     print(f"RSS with {len(tokens)} sessions ({called} called): "
           f"{b.extra['rss_sessions']['rss_mb']} MB", flush=True)
     stop(gp)
-    stop(op)
 
 
 def start_gateway(b: Bench, name: str, config, env: dict) -> tuple:
@@ -345,6 +371,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
     ap.add_argument("--no-wrk", dest="wrk", action="store_false",
                     help="use the aiohttp load generator even when wrk is installed")
+    ap.add_argument("--only", type=lambda v: {p.strip() for p in v.split(",") if p.strip()},
+                    default=set(), help="comma-separated parts to run, e.g. 'bare proxy,"
+                    "session-paid' (paths by name; also rss, ready, ledger); default all")
     a = ap.parse_args()
     q = a.quick
     a.seconds = a.seconds or (1.0 if q else 10.0)
@@ -384,7 +413,8 @@ def main() -> None:
         print(f"wrk: {a.wrk}; {a.seconds:g} s at 32, {a.seconds_c1:g} s at 1 per path; "
               f"deferred anvil block time: {devnets[-1].block_time or 'automine'}", flush=True)
         run_http(b, devnets[0], devnets[-1], hedera)
-        run_ledger(b)
+        if b.wants("ledger"):
+            run_ledger(b)
         res = report(b)
         print_table(res)
         if a.json:

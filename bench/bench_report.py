@@ -33,7 +33,7 @@ def report(b) -> dict:
         r["x_cpu"] = (round(r["cpu_us_per_req"] / bare["cpu_us_per_req"], 2)
                       if r["cpu_us_per_req"] and bare["cpu_us_per_req"] else None)
     q = b.extra.get("queue")
-    if q is not None:
+    if q is not None and "x402 deferred" in b.paths:
         b.extra["settlement"] = settlement_figures(q, b.paths["x402 deferred"]["load_samples"])
     return {"paths": b.paths, **b.extra, "settings": vars(b.args)}
 
