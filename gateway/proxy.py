@@ -278,16 +278,24 @@ async def _stream_back(request: web.Request, upstream: UpstreamResponse, cap: in
     await resp.prepare(request)
     kept: list[bytes] | None = [] if charge is not None else None
     keep_limit = getattr(rail, "replay_max_bytes", None)
+    # A paid answer's last chunk waits until the answer is recorded: a caller never holds
+    # a whole paid answer the store does not know was served (see _record).
+    held: bytes | None = None
     size = 0
     complete = False
     try:
         async for chunk in forward.iter_response(upstream, cap):
-            await resp.write(chunk)
             size += len(chunk)
             if kept is not None:
                 kept.append(chunk)
                 if keep_limit is not None and size > keep_limit:
                     kept = None  # too large to replay: the rail records only the fact
+            if charge is None:
+                await resp.write(chunk)
+                continue
+            if held is not None:
+                await resp.write(held)
+            held = chunk
         complete = True
     except forward.ResponseTooLarge as exc:
         log.warning("aborting response for %s: %s", request.path, exc)
@@ -297,11 +305,16 @@ async def _stream_back(request: web.Request, upstream: UpstreamResponse, cap: in
         log.warning("origin broke off the response for %s: %s", request.path, exc or type(exc).__name__)
     if charge is not None and rail is not None:
         stored_headers = [(k, v) for k, v in resp.headers.items()]
-        # Shielded: the client has the whole body by now and may hang up; a cancelled
-        # handler must still record what was served (its retry is answered from it).
-        await asyncio.shield(rail.record(charge, StoredResponse(
+        recorded = await _record(request, rail, charge, StoredResponse(
             upstream.status, stored_headers, b"".join(kept) if kept is not None else b"",
-            complete=complete, body_kept=kept is not None, body_size=size)))
+            complete=complete, body_kept=kept is not None, body_size=size))
+        complete = complete and recorded
+    if complete and held is not None:
+        try:
+            await resp.write(held)
+        except ConnectionResetError:
+            log.info("client went away during %s", request.path)
+            complete = False
     if not complete:
         # The client must see a broken response, not a clean end of a truncated body.
         if request.transport is not None:
@@ -311,31 +324,33 @@ async def _stream_back(request: web.Request, upstream: UpstreamResponse, cap: in
     return resp
 
 
+async def _record(request: web.Request, rail, charge: Charge, stored: StoredResponse) -> bool:
+    """The rail's record of what was served (a served x402 payment settles, a session or
+    token charge is kept; a retry is answered from it). Shielded: a caller hanging up must
+    not cancel it. False when the store failed it: the caller then gets a broken answer,
+    and the unrecorded call is reversed (session, token) or voided (x402) later."""
+    try:
+        await asyncio.shield(rail.record(charge, stored))
+        return True
+    except Exception:
+        log.exception("could not record the answer to %s %s; the caller gets a broken "
+                      "response", request.method, request.path)
+        return False
+
+
 async def _send_whole(request: web.Request, upstream: UpstreamResponse, body: bytes,
-                      receipt: dict[str, str], charge: Charge | None,
-                      rail) -> web.StreamResponse:
-    """The origin's whole answer, already read, sent with one write: the origin's headers
-    minus hop-by-hop ones, its length. A paid call's answer is recorded after the caller
-    has it, as the streaming path does."""
+                      receipt: dict[str, str], charge: Charge | None, rail) -> web.Response:
+    """The origin's whole answer, already read, sent in one response: the origin's headers
+    minus hop-by-hop ones. A paid answer is recorded first; if the store fails that, the
+    caller gets the store's 503 instead, and the unrecorded call is reversed or voided."""
     headers = forward.response_headers_for_client(upstream.headers.items())
     headers.update(receipt)
     headers.popall("Content-Length", None)
-    if charge is None or rail is None:
-        return web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                            headers=headers)
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    resp.content_length = len(body)
-    await resp.prepare(request)
-    complete = True
-    try:
-        await resp.write(body)
-    except ConnectionResetError:  # the caller left; what was served is recorded still
-        log.info("client went away during %s", request.path)
-    keep_limit = getattr(rail, "replay_max_bytes", None)
-    kept = keep_limit is None or len(body) <= keep_limit
-    stored_headers = [(k, v) for k, v in resp.headers.items()]
-    await asyncio.shield(rail.record(charge, StoredResponse(
-        upstream.status, stored_headers, body if kept else b"", complete=complete,
-        body_kept=kept, body_size=len(body))))
-    await resp.write_eof()
-    return resp
+    if charge is not None and rail is not None:
+        keep_limit = getattr(rail, "replay_max_bytes", None)
+        kept = keep_limit is None or len(body) <= keep_limit
+        await asyncio.shield(rail.record(charge, StoredResponse(
+            upstream.status, list(headers.items()), body if kept else b"", complete=True,
+            body_kept=kept, body_size=len(body))))
+    return web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                        headers=headers)

@@ -362,3 +362,68 @@ async def test_sigterm_under_load_finishes_in_flight_calls_and_their_settlements
 
 
 IN_FLIGHT = 6
+
+
+@pytest.mark.parametrize("when", ["before_the_answer", "during_the_body"])
+async def test_store_down_while_the_origin_answers_never_hands_over_an_unrecorded_answer(
+        postgres_server, evm_devnet, http, tmp_path, when):
+    """A payment is claimed, then PostgreSQL stops while the origin is answering, so the
+    gateway cannot record the call. Before the answer: the caller gets the store's 503 and
+    the payment is never settled. During a streamed body: the caller never gets the whole
+    answer (its last bytes wait for the record, which fails), so nobody can hold a paid
+    answer the store does not know was served."""
+    size = 300_000
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if when == "before_the_answer":
+            await asyncio.to_thread(postgres_server.halt)
+            return web.Response(body=b"p" * 64, content_type="application/octet-stream")
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        await resp.write(b"p" * 1000)
+        await asyncio.sleep(0.3)  # the gateway has the head and has queued the payment
+        await asyncio.to_thread(postgres_server.halt)
+        await resp.write(b"p" * (size - 1000))
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    config = x402_config(evm_devnet, url)
+    config["paygates"][0]["settlement"] = "deferred"
+    config["server"] = {"settlement_interval_seconds": 0.2, "settlement_lease_seconds": 2}
+    merchant = evm_devnet.merchant.address
+    before = token_balance(evm_devnet, merchant)
+    db_url = await fresh_database(postgres_server)
+    try:
+        async with Cluster(config, db_url, tmp_path, instances=1,
+                           env={SETTLER_ENV: evm_devnet.settler.private_key}) as cluster:
+            req = await challenge_req(http, cluster.url(0) + "/sky/v1/flights")
+            header = sign_payment(evm_devnet, evm_devnet.payers[0], req)
+            got, status = b"", 0
+            try:
+                async with http.get(cluster.url(0) + "/sky/v1/flights",
+                                    headers={"PAYMENT-SIGNATURE": header}) as r:
+                    status = r.status
+                    got = await r.read()
+            except aiohttp.ClientError:
+                pass  # a broken answer
+            assert postgres_server.process is None  # the store really was down
+            assert len(got) < size, "the caller got a whole answer the store never recorded"
+            if when == "before_the_answer":
+                assert status == 503 and json.loads(got)["error"] == "store_unavailable"
+            await asyncio.to_thread(postgres_server.resume)
+            if when == "before_the_answer":
+                await asyncio.sleep(2)  # ten settlement passes
+                got_rows = await rows(db_url, select(payments.c.state))
+                assert [r.state for r in got_rows] == ["verified"]  # voided once abandoned
+                assert token_balance(evm_devnet, merchant) == before
+    finally:
+        if postgres_server.process is None:
+            postgres_server.resume()
+        await runner.cleanup()
