@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
@@ -70,9 +71,13 @@ def _token_of(row) -> Token:
 class Tokens:
     """The prepaid-token store and ledger on one engine."""
 
+    IDENTITY_TTL = 5.0  # seconds a token's record stays in the in-process cache
+    _IDENTITY_MAX = 100_000
+
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
+        self._identities: dict[str, tuple[float, Token]] = {}
         self._sqlite = engine.dialect.name == "sqlite"
         if self._sqlite:
             self._writer = sqlite_writer(engine)
@@ -143,10 +148,25 @@ class Tokens:
     # -- looking up, revoking --------------------------------------------------------------
 
     async def identity(self, token: str) -> Token | None:
+        """The token's record for routing a call: id, paygate and plan are exact (they never
+        change); state and units may be up to IDENTITY_TTL seconds old. Nothing may be
+        decided on those alone: the charge checks state and units in the store, so a stale
+        entry never spends a revoked or empty token. Unknown tokens are not cached."""
+        digest = token_hash(token)
+        now = time.monotonic()
+        hit = self._identities.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(prepaid_tokens).where(
-                prepaid_tokens.c.token_hash == token_hash(token)))).first()
-        return _token_of(row) if row else None
+                prepaid_tokens.c.token_hash == digest))).first()
+        if row is None:
+            return None
+        found = _token_of(row)
+        if len(self._identities) >= self._IDENTITY_MAX:
+            self._identities.clear()
+        self._identities[digest] = (now + self.IDENTITY_TTL, found)
+        return found
 
     async def get(self, token_id: str) -> Token | None:
         async with self._engine.connect() as conn:
@@ -164,6 +184,9 @@ class Tokens:
         async with self._engine.begin() as conn:
             done = (await conn.execute(query.values(state="revoked",
                                                     revoked_at=self._clock.now()))).rowcount
+        # this instance sees it at once (others within IDENTITY_TTL; the charge refuses it)
+        for digest in [d for d, (_, t) in self._identities.items() if t.id == token_id]:
+            del self._identities[digest]
         return done == 1
 
     # -- the ledger ------------------------------------------------------------------------

@@ -8,7 +8,9 @@ Rotation keeps the previous secret valid for a grace period. Revocation is final
 
 from __future__ import annotations
 
+import functools
 import secrets as _random
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
@@ -52,10 +54,17 @@ def _key(row) -> ApiKey:
 
 
 class KeyStore:
+    # Seconds an active key (with its opened secrets) stays in the in-process cache: a key
+    # revoked or rotated through another instance is honoured here at most this late (on
+    # this instance, at once). Unknown keys are never cached.
+    ACTIVE_TTL = 2.0
+    _ACTIVE_MAX = 10_000
+
     def __init__(self, engine: AsyncEngine, box: SecretBox, clock: Clock) -> None:
         self._engine = engine
         self._box = box
         self._clock = clock
+        self._active: dict[str, tuple[float, KeyWithSecrets]] = {}
 
     async def create(self, provider: str | None, operator: bool) -> tuple[ApiKey, str]:
         """A new key and its secret (shown to the caller once)."""
@@ -82,7 +91,21 @@ class KeyStore:
         return _key(row) if row else None
 
     async def active(self, key_id: str) -> KeyWithSecrets | None:
-        """The unrevoked key and the secrets it may sign with now; None otherwise."""
+        """The unrevoked key and the secrets it may sign with now; None otherwise. At most
+        ACTIVE_TTL seconds old (every signed call asks: one read and decryption each was
+        most of a /v1/authorize call)."""
+        now = time.monotonic()
+        hit = self._active.get(key_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = await self._read_active(key_id)
+        if found is not None:
+            if len(self._active) >= self._ACTIVE_MAX:
+                self._active.clear()
+            self._active[key_id] = (now + self.ACTIVE_TTL, found)
+        return found
+
+    async def _read_active(self, key_id: str) -> KeyWithSecrets | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(api_keys).where(
                 api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)))).first()
@@ -98,11 +121,12 @@ class KeyStore:
             done = await conn.execute(update(api_keys).where(
                 api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock.now()))
+        self._active.pop(key_id, None)
         return done.rowcount == 1
 
     async def rotate(self, key_id: str, grace_seconds: float) -> str | None:
         """A new secret for an active key; the old one stays valid `grace_seconds`."""
-        found = await self.active(key_id)
+        found = await self._read_active(key_id)
         if found is None:
             return None
         secret, now = new_key_secret(), self._clock.now()
@@ -111,14 +135,22 @@ class KeyStore:
                 secret_sealed=self._box.seal(secret),
                 previous_sealed=self._box.seal(found.secrets[0]) if grace_seconds else None,
                 previous_valid_until=now + grace_seconds if grace_seconds else None))
+        self._active.pop(key_id, None)
         return secret
 
 
 async def first_use(engine: AsyncEngine, signature: str, expires_at: float) -> bool:
     """Record an admin request signature; False if it was recorded before (a replay).
-    Shared by every instance on the database."""
+    Shared by every instance on the database. On a SQLite file the insert is one unit of
+    the group-committing writer (signed calls such as /v1/authorize arrive together)."""
     from sqlalchemy.exc import IntegrityError
 
+    database = engine.url.database or ""
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        from store.writer import sqlite_writer
+
+        return await sqlite_writer(engine).run(
+            functools.partial(_sqlite_first_use, signature, expires_at))
     try:
         async with engine.begin() as conn:
             await conn.execute(insert(admin_signatures).values(
@@ -126,6 +158,12 @@ async def first_use(engine: AsyncEngine, signature: str, expires_at: float) -> b
     except IntegrityError:
         return False
     return True
+
+
+def _sqlite_first_use(signature: str, expires_at: float, conn) -> bool:
+    cur = conn.execute("INSERT INTO admin_signatures (signature, expires_at) VALUES (?, ?) "
+                       "ON CONFLICT (signature) DO NOTHING", (signature, expires_at))
+    return cur.rowcount == 1
 
 
 async def purge_signatures(engine: AsyncEngine, now: float) -> None:
