@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -227,7 +228,7 @@ def run_deferred(b: Bench, origin: str, evm_blocks) -> None:
     b.extra["ready_s"] = round(ready, 3)
     b.extra["rss_idle_mb"] = round(rss_mb(gp.pid), 1)
     b.measure("free route", gw + "/sky/v1/status", gp.pid)
-    authorize_hook(b, gw)
+    authorize_hook(b, gw, d, gp.pid)
     wire = requirements(gw + "/sky/v1/flights")
     signer = [p.private_key for p in evm_blocks.payers]
     samples: list = []
@@ -312,19 +313,40 @@ def start_gateway(b: Bench, name: str, config, env: dict) -> tuple:
     return proc, f"http://127.0.0.1:{port}", d, ready
 
 
-def authorize_hook(b: Bench, gw: str) -> None:
-    """/v1/authorize: measured once the gateway serves it; until then a skipped row.
-    When the endpoint exists, this is where its request lines (headers per request) are
-    built and b.measure("/v1/authorize", ...) is called."""
-    import httpx
+def authorize_hook(b: Bench, gw: str, d: Path, pid: int) -> None:
+    """/v1/authorize: a provider's server asking whether a call is paid, here with a
+    prepaid token (issued straight into the gateway's store) and a new idempotency key per
+    call; each request signed with an operator key (`tollgate keys create`) over its own
+    nonce, as `gateway.middleware_client` does. The authorizations are not completed
+    (the sweep reverses them later): this is the authorize call alone."""
+    if not b.wants("/v1/authorize"):
+        return
+    from gateway.admin.auth import sign
 
-    status = httpx.post(gw + "/v1/authorize", json={}).status_code
-    if status == 404:
-        b.paths["/v1/authorize"] = {"skipped": "the gateway has no /v1/authorize yet (404)"}
-    else:
-        b.paths["/v1/authorize"] = {"skipped": f"endpoint answers {status}; measuring it is "
-                                               "not written yet (bench_all.authorize_hook)"}
-    print(b.line("/v1/authorize"), flush=True)
+    made = subprocess.run([sys.executable, "-m", "gateway", "keys", "create", "-c",
+                           str(d / "tollgate.toml"), "--operator"], capture_output=True,
+                          text=True, check=True)
+    key = json.loads(made.stdout.strip().splitlines()[-1])
+    token = asyncio.run(cfgs.issue_token(f"sqlite+aiosqlite:///{d / 'tollgate.db'}", "sky",
+                                         "bench"))
+    run = secrets.token_hex(4)
+    counter = iter(range(10**9))
+
+    def lines(n: int) -> list[dict[str, str]]:
+        ts = str(int(time.time()))  # within the signature window for this run
+        out = []
+        for _ in range(n):
+            body = json.dumps({"paygate": "sky", "method": "GET", "path": "/v1/flights",
+                               "headers": {"Authorization": f"Bearer {token}"},
+                               "idempotency_key": f"{run}-{next(counter)}",
+                               "nonce": secrets.token_hex(8)}, separators=(",", ":"))
+            out.append({"@method": "POST", "@body": body, "Content-Type": "application/json",
+                        "X-PAY-Key": key["id"], "X-PAY-Timestamp": ts,
+                        "X-PAY-Signature": sign(key["secret"], ts, "POST", "/v1/authorize",
+                                                body.encode())})
+        return out
+
+    b.measure("/v1/authorize", gw + "/v1/authorize", pid, lines, profile=bool(b.args.profile))
 
 
 def run_ledger(b: Bench) -> None:

@@ -32,7 +32,8 @@ master_key_file = "{work / 'master.key'}"
 
 
 def x402_config(devnet, origin_url: str, port: int, work: Path, settlement: str) -> str:
-    """x402-evm paygate /sky with `settlement`; GET /sky/v1/status is a free route."""
+    """x402-evm paygate /sky with `settlement`; GET /sky/v1/status is a free route. It also
+    sells a plan on prepaid tokens (the /v1/authorize run spends from one)."""
     return _server(port, work) + f"""
 [assets.usdc]
 type = "eip3009"
@@ -51,10 +52,15 @@ deferred_exposure_limit = {10**15}
 id = "sky"
 prefix = "/sky"
 target = "{origin_url}"
-rails = ["x402-evm"]
 prices = {{ usdc = "0.001" }}
 pay_to = {{ evm = "{devnet.merchant.address}" }}
 settlement = "{settlement}"
+rails = ["x402-evm", "prepaid-token"]
+
+[[paygates.plans]]
+id = "bench"
+units = 1000000000
+prices = {{ usdc = "1" }}
 
 [[paygates.rules]]
 method = "GET"
@@ -157,3 +163,17 @@ def signed_lines(payer_keys: list[str], requirements_wire: dict, count: int,
         with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn")) as pool:
             headers = [h for chunk in pool.map(_sign, jobs) for h in chunk]
     return [{"PAYMENT-SIGNATURE": h} for h in headers]
+
+
+async def issue_token(db_url: str, paygate_id: str, plan_id: str) -> str:
+    """A prepaid token with a billion units, written straight into a gateway's store."""
+    from sessions.tokens import Tokens
+    from store.clock import SystemClock
+    from store.db import create_engine
+
+    engine = create_engine(db_url)
+    try:
+        token, _ = await Tokens(engine, SystemClock()).issue(paygate_id, plan_id, 10**9, 1)
+    finally:
+        await engine.dispose()
+    return token

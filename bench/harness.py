@@ -2,7 +2,8 @@
 origin, and the load generator (wrk with per-request headers, or an aiohttp fallback).
 
 Per-request headers: a header file holds one line per request, each line the request's
-headers as `Name: value` fields separated by TAB. wrk reads it through WRK_LUA (one wrk
+headers as `Name: value` fields separated by TAB (the pseudo-fields `@method` and `@body`
+set the request's method and body; the body then may hold no TAB or newline). wrk reads it through WRK_LUA (one wrk
 thread, so one Lua state walks the file once) and stops sending when the lines run out
 (the request that finds them gone repeats the last line: at most one replay). Load.exhausted
 then says so, and as wrk still reports the whole -d duration, the run's time is estimated
@@ -38,13 +39,15 @@ function init(args)
   plain = wrk.format(nil, path)
   if file ~= nil and file ~= "" then
     for line in io.lines(file) do
-      local h = {}
+      local h, method, body = {}, nil, nil
       for field in string.gmatch(line, "[^\t]+") do
         local k, v = string.match(field, "^([^:]+):%s*(.*)$")
-        h[k] = v
+        if k == "@method" then method = v
+        elseif k == "@body" then body = v
+        else h[k] = v end
       end
       n = n + 1
-      reqs[n] = wrk.format(nil, path, h)
+      reqs[n] = wrk.format(method, path, h, body)
     end
   end
 end
@@ -249,9 +252,12 @@ async def _aiohttp_load(url: str, concurrency: int, seconds: float,
                     if headers is None:
                         exhausted = True
                         return
+                headers = dict(headers)
+                method = headers.pop("@method", "GET")
+                data = headers.pop("@body", None)
                 t0 = time.perf_counter()
                 try:
-                    async with http.get(url, headers=headers) as r:
+                    async with http.request(method, url, headers=headers, data=data) as r:
                         await r.read()
                         if not 200 <= r.status < 400:
                             bad += 1
