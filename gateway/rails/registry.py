@@ -107,7 +107,9 @@ async def _hedera_session(gw: "Gateway") -> Rail:
 async def _prepaid_token(gw: "Gateway") -> Rail:
     from gateway.rails.token import TokenRail
 
-    return TokenRail(gw)
+    rail = TokenRail(gw)
+    rail.start()  # reverses charges left pending by calls that died
+    return rail
 
 
 _FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {
