@@ -19,6 +19,8 @@ import httpx
 from aiohttp import web
 
 from chains.x402 import decode_header
+from gateway.demo.plans_steps import PLAN, middleware_paygate, middleware_walkthrough, \
+    plan_walkthrough
 
 SETTLER_ENV = "TOLLGATE_DEMO_SETTLER_KEY"
 SECRET_ENV = "TOLLGATE_DEMO_SKYROUTE_SECRET"
@@ -56,13 +58,14 @@ def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> di
                       {"method": "POST", "path": "/v1/holds", "units": 10},
                       {"method": "POST", "path": "/v1/bookings", "units": 25}],
             "origin_auth": {"mode": "request", "secret_env": SECRET_ENV},
+            "plans": [PLAN],  # units on a prepaid token, bought with x402
         }, {
             # Paid files: paying answers a presigned link instead of the bytes.
             "id": "reports", "prefix": "/reports", "kind": "files", "target": origin_url,
             "provider": "skyroute", "description": "SkyRoute's quarterly traffic report",
             "rails": ["x402-evm"], "prices": {"usdc": "0.01"},
             "pay_to": {"evm": devnet.merchant.address}, "default_units": 1,
-        }],
+        }, middleware_paygate(devnet, origin_url)],
         "files": {"directory": str(workdir / "files"), "url_ttl_seconds": 600},
     }
 
@@ -197,6 +200,8 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
             steps.say("Spent in total",
                       f"{client.spent.total(devnet.token_address)} atomic units of test USDC")
             await _file_walkthrough(steps, gw, app, client, devnet.token_address)
+            await plan_walkthrough(steps, gw, client, devnet.token_address)
+            await middleware_walkthrough(steps, gw, app, devnet, client)
         await _session_walkthrough(steps, gw, hedera)
         bob = hedera.account("bob").account_id
         wallet = f"{gw}/?paygate=skyroute&account={bob}"
