@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -72,13 +73,16 @@ def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> di
 
 def _toml(config: dict[str, Any]) -> str:
     """Just enough TOML for the demo config (written so a person can read and reuse it)."""
+    def key(k: str) -> str:  # bare when TOML allows it, else quoted (node addresses)
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else value(k)
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return str(v)
         if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+            return "{ " + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + " }"
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+from gateway.config import parse_config
 
 from tests.gateway.test_x402_settlement_kill import free_port
 
@@ -39,4 +42,8 @@ def test_the_demo_walks_through_every_way_of_paying(tmp_path):
         "call 5: 402 session_exhausted",
     ]:
         assert line in out, (line, out)
-    assert (tmp_path / "var" / "demo" / "tollgate.toml").exists()
+    # the config it wrote is one a person can start a gateway from
+    written = tomllib.loads((tmp_path / "var" / "demo" / "tollgate.toml").read_text())
+    config = parse_config(written)
+    assert [p.id for p in config.paygate("skyroute").plans] == ["starter"]
+    assert config.paygate("forecasts").provider == "skyroute"
