@@ -93,12 +93,15 @@ async def test_a_charge_left_by_a_killed_gateway_is_returned_once_and_kept_ones_
 
     # Too young: a call could still be running somewhere.
     assert await rail.sweep_once() == 0
-    clock.set(started + abandon_after(g.gw.config) - 1)
+    async with g.gw.engine.connect() as conn:
+        charged_at = (await conn.execute(select(token_charges.c.created_at).where(
+            token_charges.c.idempotency_key == "died"))).scalar_one()
+    clock.set(charged_at + abandon_after(g.gw.config) - 1)
     assert await rail.sweep_once() == 0
     assert await token_state(g, token_id) == (47, held)
 
     # Past the longest call: the gateway's own background task gives the unit back.
-    clock.set(started + abandon_after(g.gw.config) + 1)
+    clock.set(charged_at + abandon_after(g.gw.config) + 1)
     async with asyncio.timeout(NET_WAIT):  # a bound, not the criterion
         while (await token_state(g, token_id))[0] != 48:
             await asyncio.sleep(0.1)
