@@ -4,6 +4,8 @@ quota runs out; plans added and removed by PATCH; bad plans refused field by fie
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -57,8 +59,11 @@ async def test_an_api_paygate_sells_plans_end_to_end(setup, http, evm_devnet):
     assert int(req["amount"]) == 20_000
     merchant = evm_devnet.merchant.address
     before = token_balance(evm_devnet, merchant)
-    async with http.post(url, headers={"PAYMENT-SIGNATURE": sign_payment(
-            evm_devnet, evm_devnet.payers[3], req)}) as r:
+    # valid from a minute before the chain's own latest block (its clock may lag ours)
+    latest = int(evm_devnet.request("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+    paid = sign_payment(evm_devnet, evm_devnet.payers[3], req,
+                        valid_after=min(latest, int(time.time())) - 60)
+    async with http.post(url, headers={"PAYMENT-SIGNATURE": paid}) as r:
         assert r.status == 200, await r.text()
         bought = await r.json()
     assert bought["quotaIncluded"] == 3 and bought["paygate"] == "weather"
