@@ -46,7 +46,9 @@ Recipes (secrets are strings; the HMAC key is ``secret.encode("utf-8")``):
   "tollgate-context-v1\\n" + canonical + "\\n" + six lines)>``, canonical being the
   ``request`` string above (with the ``?``) and the lines, in that header order,
   ``name:value`` (lower-case name) or just ``name`` when the header is absent or
-  empty.
+  empty. A call paid from a prepaid token also carries ``X-Tollgate-Plan``, bound by a
+  seventh line ``x-tollgate-plan:<plan id>`` appended only when that header is sent
+  (non-empty): the context of a call without a plan is the six lines, unchanged.
   ``X-Tollgate-Signature`` itself is unchanged, so earlier copies of this verifier
   still accept it. The verifier requires ``X-Tollgate-Context`` whenever a context
   header is present.
@@ -141,9 +143,13 @@ HEADER_PAYGATE = "X-Tollgate-Paygate"
 HEADER_UNITS = "X-Tollgate-Units"
 HEADER_REMAINING = "X-Tollgate-Remaining"
 HEADER_CONTEXT = "X-Tollgate-Context"
+HEADER_PLAN = "X-Tollgate-Plan"
 # The payment context bound by HEADER_CONTEXT, in the order its lines are signed.
 CONTEXT_HEADERS = (HEADER_PAYER, HEADER_PAYGATE, HEADER_UNITS, HEADER_REMAINING,
                    HEADER_PAYMENT, HEADER_PAYMENT_RESPONSE)
+# Bound after those, each as one more line only when sent, so that the context of a call
+# without them is what it always was (verifiers from before them still accept it).
+OPTIONAL_CONTEXT_HEADERS = (HEADER_PLAN,)
 CONTEXT_DOMAIN = "tollgate-context-v1"
 DEFAULT_HEADER_PREFIX = "X-Tollgate"
 
@@ -187,7 +193,8 @@ class GatewayPayment:
 
     ``payment`` / ``payment_response`` are the decoded ``X-Payment`` /
     ``X-Payment-Response`` JSON objects (None when absent or undecodable);
-    ``units`` / ``remaining`` are None when absent or not integers; ``request_id``
+    ``units`` / ``remaining`` are None when absent or not integers; ``plan`` is the
+    plan id of a call paid from a prepaid token (None otherwise); ``request_id``
     is set whenever the ``request``-mode headers were verified (origins may use it to
     refuse replays).
     """
@@ -200,6 +207,7 @@ class GatewayPayment:
     payment_response: dict | None
     mode: str
     request_id: str | None = None
+    plan: str | None = None  # the prepaid-token plan of the call, when bound
 
 
 # --------------------------------------------------------------------------- signing
@@ -284,6 +292,10 @@ def _context_message(canonical: bytes, context: Mapping[str, str]) -> bytes:
         key = name.lower()
         # empty counts as absent (some proxies drop empty headers; both mean "none")
         lines.append(f"{key}:{h[key]}" if h.get(key) else key)
+    for name in OPTIONAL_CONTEXT_HEADERS:
+        key = name.lower()
+        if h.get(key):  # absent or empty: no line, as before the header existed
+            lines.append(f"{key}:{h[key]}")
     text = "\n".join(lines)
     if "\r" in text or text.count("\n") != len(lines) - 1:
         raise ValueError("context header values may not contain newlines")
@@ -292,7 +304,8 @@ def _context_message(canonical: bytes, context: Mapping[str, str]) -> bytes:
 
 def context_signature(secret: str, canonical: bytes, context: Mapping[str, str]) -> str:
     """``X-Tollgate-Context`` value ("v1=<hex>"): binds the payment context headers in
-    ``context`` (any of CONTEXT_HEADERS; others are ignored) to the request whose
+    ``context`` (any of CONTEXT_HEADERS and OPTIONAL_CONTEXT_HEADERS; others are
+    ignored) to the request whose
     ``request`` canonical string (with the ``?`` path line) is ``canonical``."""
     message = _context_message(canonical, context)
     return SIGNATURE_VERSION + hmac.digest(_key(secret), message, "sha256").hex()
@@ -379,6 +392,7 @@ def _payment(h: dict[str, str], mode: str, request_id: str | None = None,
         paygate=trusted.get(HEADER_PAYGATE.lower()) or None,
         units=_int_or_none(trusted.get(HEADER_UNITS.lower())),
         remaining=_int_or_none(trusted.get(HEADER_REMAINING.lower())),
+        plan=trusted.get(HEADER_PLAN.lower()) or None,
         payment=_decode_or_none(h.get(HEADER_PAYMENT.lower())),
         payment_response=_decode_or_none(h.get(HEADER_PAYMENT_RESPONSE.lower())),
         mode=mode,
@@ -508,7 +522,7 @@ def verify_plaintext(
 def _check_context(h: dict[str, str], keys: list[str], canonical: bytes) -> None:
     given = (h.get(HEADER_CONTEXT.lower()) or "").strip()
     if not given:
-        if any(name.lower() in h for name in CONTEXT_HEADERS):
+        if any(name.lower() in h for name in CONTEXT_HEADERS + OPTIONAL_CONTEXT_HEADERS):
             raise OriginAuthError("missing_context")
         return
     try:

@@ -10,6 +10,8 @@ from gateway.origin import (
     CONTEXT_HEADERS,
     DEFAULT_HEADER_PREFIX,
     HEADER_CONTEXT,
+    HEADER_PLAN,
+    OPTIONAL_CONTEXT_HEADERS,
     context_signature,
     hmac_signature,
     request_canonical_from_digest,
@@ -36,12 +38,15 @@ def origin_auth_headers(
     sign_request: bool = True,
     header_prefix: str = DEFAULT_HEADER_PREFIX,
     legacy_path_line: bool = False,
+    plan: str | None = None,
 ) -> dict[str, str]:
     """The payment context, the mode's own header (Sigwei recipes), and, in `request`
     mode or when `sign_request` is set, the `request`-mode signature under
     `header_prefix` plus X-Tollgate-Context binding the context to this request.
     `path_qs` is the request target exactly as sent to the origin; `body_sha256_hex`
-    the digest of the body sent (ignored when nothing is signed)."""
+    the digest of the body sent (ignored when nothing is signed). `plan`, the plan of a
+    call paid from a prepaid token, is sent as X-Tollgate-Plan and bound in the context
+    (a call without one keeps the context it always had)."""
     headers = {
         "X-Tollgate-Payer": payer,
         "X-Tollgate-Paygate": paygate_id,
@@ -49,6 +54,8 @@ def origin_auth_headers(
     }
     if remaining is not None:
         headers["X-Tollgate-Remaining"] = str(remaining)
+    if plan:
+        headers[HEADER_PLAN] = plan
     if x_payment:
         headers["X-Payment"] = x_payment
     if x_payment_response:
@@ -61,7 +68,8 @@ def origin_auth_headers(
         raise ValueError(f"unknown origin auth mode {mode!r}")
     if mode != "request" and not sign_request:
         return headers
-    context = {name: headers[name] for name in CONTEXT_HEADERS if name in headers}
+    context = {name: headers[name] for name in CONTEXT_HEADERS + OPTIONAL_CONTEXT_HEADERS
+               if name in headers}
     ts = str(int(now))
     request_id = _random.token_hex(16)
     sig_name, ts_name, id_name = request_header_names(header_prefix)

@@ -173,7 +173,8 @@ async def _forward(request: web.Request, gw: Gateway, match: Match, body: _Body,
         remaining=charge.remaining if charge else None, method=request.method,
         path_qs=upstream_path_qs, body_sha256_hex=digest, now=gw.clock.now(),
         sign_request=pg.origin_auth.signs_request, header_prefix=pg.origin_auth.header_prefix,
-        legacy_path_line=pg.origin_auth.legacy_path_line))
+        legacy_path_line=pg.origin_auth.legacy_path_line,
+        plan=charge.origin_headers.get("X-Tollgate-Plan") if charge else None))
     if charge is not None and charge.origin_headers:
         headers.update(charge.origin_headers)
     request_id = request_context.request_id(request)

@@ -20,7 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sessions import token_units as units
@@ -240,6 +240,18 @@ class Tokens:
                 prepaid_tokens.c.id == row.token_id).values(
                 remaining=prepaid_tokens.c.remaining + int(row.units)))
         return True
+
+    async def reverse_abandoned(self, older_than: float, limit: int = 100) -> int:
+        """Reverse up to `limit` charges still pending that were made before `older_than`
+        (their call died with its gateway: nothing was answered, so the units go back);
+        how many were reversed now. Each goes through `reverse`, so a charge kept or
+        reversed meanwhile, here or by another instance, is never reversed twice."""
+        async with self._engine.connect() as conn:
+            ids = (await conn.execute(select(token_charges.c.id).where(
+                # a literal, so the partial index of pending charges serves the query
+                token_charges.c.state == literal_column("'pending'"),
+                token_charges.c.created_at < older_than).limit(limit))).scalars().all()
+        return sum([await self.reverse(cid) for cid in ids])
 
     async def record_response(self, charge_id: str, status: int,
                               headers: list[tuple[str, str]], body: bytes, *,

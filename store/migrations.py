@@ -122,6 +122,15 @@ def _hot_path(conn: Connection) -> None:
             conn.exec_driver_sql(ddl)
 
 
+def _pending_token_charges(conn: Connection) -> None:
+    """Version 14: the partial index of pending token charges (idempotent; a database
+    created at this version already has it from the table's definition)."""
+    table = schema.metadata.tables["token_charges"]
+    for index in table.indexes:
+        if index.name == "ix_token_charges_pending":
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
@@ -141,6 +150,8 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "plans: prepaid tokens, their charges, free-plan claims",
               _create("prepaid_tokens", "token_charges", "free_claims")),
     Migration(13, "paid files", _create("paid_files")),
+    Migration(14, "prepaid tokens: an index of pending charges, for the abandoned sweep",
+              _pending_token_charges),
 ]
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy import Index, text
 
 metadata = MetaData()
 
@@ -374,6 +375,10 @@ token_charges = Table(
     Column("body", LargeBinary, nullable=True),
     UniqueConstraint("token_id", "idempotency_key", name="uq_token_charges_key"),
 )
+# The charges still pending (in flight, or left by a gateway that died mid-call), for
+# the sweep that reverses abandoned ones: partial, so kept charges cost it nothing.
+Index("ix_token_charges_pending", token_charges.c.created_at,
+      sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'"))
 
 # Free plans taken: once per (paygate, email hash); counted per client address.
 free_claims = Table(

@@ -7,10 +7,11 @@ that every route the server has is documented, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import web
 
+from gateway.config import Rail
 from store.outbox import EVENT_TYPES
 
 _STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, \
@@ -81,13 +82,24 @@ SCHEMAS: dict[str, Any] = {
         "(see the README's configuration table); validated by the same code.",
         "properties": {"id": _STR, "prefix": _STR, "host": _STR, "target": _STR,
                        "description": _STR, "default_units": _INT, "rules": {"type": "array"},
-                       "prices": {"type": "object"}, "rails": {"type": "array"},
+                       "prices": {"type": "object"},
+                       "rails": {"type": "array", "items": {"enum": list(get_args(Rail))}},
                        "pay_to": {"type": "object"}, "settlement": _STR,
                        "origin_auth": {"type": "object"}, "discoverable": _BOOL,
-                       "provider": _STR, "kind": {"enum": ["proxy", "files"]}}},
+                       "provider": _STR, "kind": {"enum": ["proxy", "files"]},
+                       "plans": {"type": "array", "items": _ref("Plan")}}},
+    "Plan": _obj(["id", "units"], {
+        "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+        "units": {"type": "integer", "minimum": 1},
+        "prices": {"type": "object", "description": "asset -> price of the whole plan, in "
+                   "the asset's unit (a decimal string); none: a free plan",
+                   "additionalProperties": _STR},
+        "per_address_limit": {"type": "integer", "minimum": 1},
+        "warn_below": {"type": "integer", "minimum": 1}}, extra=False),
     "Paygate": _obj(["id", "prefix", "target", "source", "created_at", "updated_at"], {
         "id": _STR, "prefix": _STR, "target": _STR, "provider": _nullable(_STR),
-        "source": {"enum": ["config", "api"]}, "created_at": _NUM, "updated_at": _NUM}),
+        "source": {"enum": ["config", "api"]}, "created_at": _NUM, "updated_at": _NUM,
+        "plans": {"type": "array", "items": _ref("Plan")}}),
     "Secret": _obj(["paygate", "mode", "current", "previous", "previous_valid_until"], {
         "paygate": _STR, "mode": _STR, "current": _STR, "previous": _nullable(_STR),
         "previous_valid_until": _nullable(_NUM)}),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -19,6 +20,8 @@ import httpx
 from aiohttp import web
 
 from chains.x402 import decode_header
+from gateway.demo.plans_steps import PLAN, middleware_paygate, middleware_walkthrough, \
+    plan_walkthrough
 
 SETTLER_ENV = "TOLLGATE_DEMO_SETTLER_KEY"
 SECRET_ENV = "TOLLGATE_DEMO_SKYROUTE_SECRET"
@@ -56,26 +59,30 @@ def demo_config(devnet, hedera, origin_url: str, port: int, workdir: Path) -> di
                       {"method": "POST", "path": "/v1/holds", "units": 10},
                       {"method": "POST", "path": "/v1/bookings", "units": 25}],
             "origin_auth": {"mode": "request", "secret_env": SECRET_ENV},
+            "plans": [PLAN],  # units on a prepaid token, bought with x402
         }, {
             # Paid files: paying answers a presigned link instead of the bytes.
             "id": "reports", "prefix": "/reports", "kind": "files", "target": origin_url,
             "provider": "skyroute", "description": "SkyRoute's quarterly traffic report",
             "rails": ["x402-evm"], "prices": {"usdc": "0.01"},
             "pay_to": {"evm": devnet.merchant.address}, "default_units": 1,
-        }],
+        }, middleware_paygate(devnet, origin_url)],
         "files": {"directory": str(workdir / "files"), "url_ttl_seconds": 600},
     }
 
 
 def _toml(config: dict[str, Any]) -> str:
     """Just enough TOML for the demo config (written so a person can read and reuse it)."""
+    def key(k: str) -> str:  # bare when TOML allows it, else quoted (node addresses)
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else value(k)
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return str(v)
         if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+            return "{ " + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + " }"
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -197,6 +204,8 @@ async def run(port: int = 8402, once: bool = False, workdir: Path = Path("var/de
             steps.say("Spent in total",
                       f"{client.spent.total(devnet.token_address)} atomic units of test USDC")
             await _file_walkthrough(steps, gw, app, client, devnet.token_address)
+            await plan_walkthrough(steps, gw, client, devnet.token_address)
+            await middleware_walkthrough(steps, gw, app, devnet, client)
         await _session_walkthrough(steps, gw, hedera)
         bob = hedera.account("bob").account_id
         wallet = f"{gw}/?paygate=skyroute&account={bob}"

@@ -16,6 +16,9 @@ async def build_rails(gw: "Gateway") -> dict[str, Rail]:
     """Start every rail the paygates use, into `gw.rails` as each is ready (so that if
     one fails, the ones already running are there to be closed)."""
     wanted = {name for pg in gw.config.paygates for name in pg.rails}
+    # Always: it needs no chain or SDK, paygates made through the admin API may sell
+    # plans at any time, and its sweep returns charges of calls that died.
+    wanted.add("prepaid-token")
     for name in sorted(wanted):
         factory = _FACTORIES.get(name)
         if factory is None:
@@ -107,7 +110,9 @@ async def _hedera_session(gw: "Gateway") -> Rail:
 async def _prepaid_token(gw: "Gateway") -> Rail:
     from gateway.rails.token import TokenRail
 
-    return TokenRail(gw)
+    rail = TokenRail(gw)
+    rail.start()  # reverses charges left pending by calls that died
+    return rail
 
 
 _FACTORIES: dict[str, Callable[["Gateway"], Awaitable[Rail]]] = {

@@ -9,10 +9,19 @@ reaches the origin, which sees `X-Tollgate-Payer` (the token's id, never the tok
 An unknown or revoked token, or a token of another paygate, is 401: it is not a means of
 payment here at all (a 402 would invite paying with it). A live token without enough
 units left is 402 with the x402 challenge and `checkout_url`.
+
+A charge is kept in `record`, in the write that stores its response. One still pending
+long after any call could have ended (its gateway died between charge and answer, or
+before recording) is reversed by the rail's background sweep on every instance: after
+`abandon_after(config)` seconds, the longest paygate timeout or the `/v1/authorize`
+timeout, whichever is longer, plus a margin (the session rail's rule, which an open
+authorization must also fit in).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import secrets
 from typing import Mapping
@@ -22,8 +31,19 @@ from gateway.rails.base import Charge, Offer, PaidRequest, PaymentRejected, Pric
 from sessions.lifecycle import request_fingerprint
 from sessions.tokens import PREFIX, Charged, KeyConflict, Replay, Tokens
 
+log = logging.getLogger("tollgate.tokens")
+
 KEY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
+ABANDON_MARGIN = 300.0  # seconds past the longest call before a pending charge is abandoned
+SWEEP_EVERY = 5.0  # seconds between sweeps for abandoned charges
+
+
+def abandon_after(config) -> float:
+    """Seconds after which a pending charge belongs to no live call: read from the
+    config at each sweep, so paygates added at run time count."""
+    longest = max((pg.timeout_seconds for pg in config.paygates), default=600)
+    return max(longest, config.server.authorize_timeout_seconds) + ABANDON_MARGIN
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -49,6 +69,7 @@ class TokenRail:
     def __init__(self, gw) -> None:
         self.gw = gw
         self.tokens = Tokens(gw.engine, gw.clock)
+        self._task: asyncio.Task | None = None
 
     def offer(self, priced: Priced) -> Offer:
         pg = priced.paygate
@@ -118,3 +139,35 @@ class TokenRail:
         charge_id, charge_below = charge.ref
         await self.tokens.record_response(charge_id, response.status, response.headers,
                                           response.body, keep=response.status < charge_below)
+
+    # -- background work -------------------------------------------------------------------
+
+    async def sweep_once(self) -> int:
+        """Reverse the charges abandoned by calls that died (here or on another
+        instance); how many were reversed now."""
+        done = 0
+        older_than = self.gw.clock.now() - abandon_after(self.gw.config)
+        while True:
+            batch = await self.tokens.reverse_abandoned(older_than)
+            done += batch
+            if batch == 0:
+                return done
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep(), name="token-abandoned-sweep")
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                if await self.sweep_once():
+                    log.warning("reversed prepaid-token charges abandoned by a call that died")
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the store may be briefly down: the next pass retries
+                log.exception("sweep of abandoned token charges failed")
+            await asyncio.sleep(SWEEP_EVERY)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
