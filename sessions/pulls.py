@@ -49,7 +49,8 @@ class Mirror(Protocol):
 class PullWorker:
     def __init__(self, records: SessionRecords, chain: Chain, mirror: Mirror, clock: Clock, *,
                  destination: Callable[[str], str], window: float,
-                 ledger: Ledger | None = None, abandon_after: float = 900.0) -> None:
+                 ledger: Ledger | None = None,
+                 abandon_after: float | Callable[[], float] = 900.0) -> None:
         self.records = records
         self.ledger = ledger
         self.abandon_after = abandon_after
@@ -67,7 +68,8 @@ class PullWorker:
         if self.ledger is not None:
             # Charges still pending long after any request could have finished belong to
             # a gateway that died mid-call: nothing was answered, so give the money back.
-            done += await self.ledger.reverse_abandoned(older_than=now - self.abandon_after)
+            wait = self.abandon_after() if callable(self.abandon_after) else self.abandon_after
+            done += await self.ledger.reverse_abandoned(older_than=now - wait)
         for owner, spender in await self.allowances.pull_candidates(older_than=now - self.window):
             done += await self._pull_owner(owner, spender, cutoff=now)
         for pull in await self.records.lease_pulls(("prepared", "submitted", "unknown"),

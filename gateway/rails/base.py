@@ -104,3 +104,13 @@ class Rail(Protocol):
     async def complete(self, charge: Charge, status: int) -> dict[str, str]: ...
 
     async def record(self, charge: Charge, response: StoredResponse) -> None: ...
+
+
+ABANDON_MARGIN = 300.0  # seconds past the longest call before a pending charge is abandoned
+
+
+def abandon_after(config) -> float:
+    """Seconds after which a pending charge belongs to no live call: read from the
+    config at each sweep, so paygates added at run time count."""
+    longest = max((pg.timeout_seconds for pg in config.paygates), default=600)
+    return max(longest, config.server.authorize_timeout_seconds) + ABANDON_MARGIN

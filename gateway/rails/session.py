@@ -15,7 +15,8 @@ from typing import Mapping
 from chains.x402 import encode_header
 from gateway.config import HbarAsset, price_atomic
 from gateway.errors import Conflict, MissingIdempotencyKey, BadRequest, Unavailable
-from gateway.rails.base import Charge, Offer, PaidRequest, PaymentRejected, Priced, StoredResponse
+from gateway.rails.base import (Charge, Offer, PaidRequest, PaymentRejected, Priced,
+                                StoredResponse, abandon_after)
 from gateway.ratelimit import RateLimiter
 from sessions.activation import Activation, Terms
 from sessions.ledger import Charged, KeyConflict, Ledger, Refused, Replay
@@ -53,10 +54,11 @@ class SessionRail:
         self.activation = Activation(self.records, link.mirror, gw.clock)
         self.refresher = Refresher(self.records, link.mirror, gw.clock, self.unit_price,
                                    ttl=cfg.mirror_ttl_seconds)
-        longest_call = max((pg.timeout_seconds for pg in gw.config.paygates), default=600)
+        # a charge is abandoned only once no proxied call and no open /v1/authorize
+        # authorization can still hold it (read at each sweep: paygates change at run time)
         self.puller = PullWorker(self.records, link.network, link.mirror, gw.clock,
                                  destination=self.destination, window=cfg.pull_interval_seconds,
-                                 ledger=self.ledger, abandon_after=longest_call + 300)
+                                 ledger=self.ledger, abandon_after=lambda: abandon_after(gw.config))
         self.limiter = RateLimiter(gw.config.server.session_api_per_minute, gw.clock)
         if gw.config.server.public_url is None:
             log.warning("server.public_url is not set: signed session activations name %s, "

@@ -27,7 +27,8 @@ import secrets
 from typing import Mapping
 
 from gateway.errors import BadRequest, Conflict, Unauthorized
-from gateway.rails.base import Charge, Offer, PaidRequest, PaymentRejected, Priced, StoredResponse
+from gateway.rails.base import (Charge, Offer, PaidRequest, PaymentRejected, Priced,
+                                StoredResponse, abandon_after)
 from sessions.lifecycle import request_fingerprint
 from sessions.tokens import PREFIX, Charged, KeyConflict, Replay, Tokens
 
@@ -35,15 +36,8 @@ log = logging.getLogger("tollgate.tokens")
 
 KEY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
-ABANDON_MARGIN = 300.0  # seconds past the longest call before a pending charge is abandoned
 SWEEP_EVERY = 5.0  # seconds between sweeps for abandoned charges
 
-
-def abandon_after(config) -> float:
-    """Seconds after which a pending charge belongs to no live call: read from the
-    config at each sweep, so paygates added at run time count."""
-    longest = max((pg.timeout_seconds for pg in config.paygates), default=600)
-    return max(longest, config.server.authorize_timeout_seconds) + ABANDON_MARGIN
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

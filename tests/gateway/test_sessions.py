@@ -542,3 +542,43 @@ async def test_a_signature_for_another_gateway_opens_nothing(other, says_message
     body.pop("message", None)
     async with http.post(g.url + "/api/sessions/activate", json=body) as r:
         assert r.status == 201, await r.text()
+
+
+async def test_an_open_authorization_keeps_its_charge_past_the_longest_call(
+        sessions_gw, http, hedera_devnet, hedera_account):
+    """Middleware mode holds a session charge while the provider's own server works, for up
+    to `authorize_timeout_seconds`, which may be far longer than any proxied call. The
+    abandoned-charge sweep must not give that charge back meanwhile: the provider then
+    completes it as served, and the caller would have had the call for nothing."""
+    from sqlalchemy import select
+
+    from gateway.admin import ADMIN
+    from store.schema import session_charges
+    from tests.gateway.admin_support import Signer
+
+    clock = ManualClock()
+    g, _ = await sessions_gw(clock=clock, server={"authorize_timeout_seconds": 3600})
+    owner = hedera_account()
+    token = await open_session(http, g, hedera_devnet, owner, allowance=10 * UNIT_PRICE)
+    key, secret = await g.app[ADMIN].keys.create(None, True)
+    signer = Signer(http, g.url, key.id, secret)
+
+    async def signed(path: str, payload: dict) -> dict:
+        body = json.dumps(payload).encode()
+        headers = {**signer.headers("POST", path, body, ts=int(clock.now())),
+                   "Content-Type": "application/json"}
+        async with http.post(g.url + path, data=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    got = await signed("/v1/authorize", {"paygate": "sky", "method": "GET",
+                                         "path": "/v1/flights", "headers": call_headers(token)})
+    assert got["allowed"] is True
+    longest = max(pg.timeout_seconds for pg in g.gw.config.paygates)
+    clock.advance(longest + 600)  # past any proxied call, well within the authorization
+    await rail_of(g).puller.work_once()
+    done = await signed(f"/v1/authorize/{got['authorization_id']}/complete", {"status": 200})
+    assert done["status"] == 200
+    async with g.gw.engine.connect() as conn:
+        states = (await conn.execute(select(session_charges.c.state))).scalars().all()
+    assert states == ["kept"]
