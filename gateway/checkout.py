@@ -16,12 +16,12 @@ second token: it was recorded as served, so a replay is refused (409).
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 
 from aiohttp import web
 
+from gateway import checkout_page
 from gateway.challenge import challenge
 from gateway.errors import BadRequest, Conflict, NotFound, RateLimited
 from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
@@ -190,23 +190,13 @@ async def revoke_current(request: web.Request) -> web.Response:
 
 
 async def page(request: web.Request) -> web.Response:
-    """The checkout page: the plans, each with the request that buys it. Paid plans are
-    bought with an x402 client (or `tollgate pay`); free plans with an email."""
-    _gw, pg = _paygate(request)
-    rows = []
-    for p in _plans_json(pg):
-        price = ", ".join(f"{v} {a}" for a, v in p["prices"].items()) or "free"
-        how = (f"curl -X POST -H 'Content-Type: application/json' -d "
-               f"'{{\"email\": \"you@example.com\"}}' {p['url']}" if p["free"] else
-               f"POST {p['url']} with an x402 payment (PAYMENT-SIGNATURE); "
-               "unpaid, it answers 402 with what to sign")
-        rows.append(f"<li><b>{html.escape(p['id'])}</b>: {p['units']} units for "
-                    f"{html.escape(price)}<br><code>{html.escape(how)}</code></li>")
-    text = (f"<!doctype html><meta charset=utf-8><title>Plans: {html.escape(pg.id)}</title>"
-            f"<h1>Plans for {html.escape(pg.id)}</h1><ul>{''.join(rows)}</ul>"
-            "<p>Use the token with <code>Authorization: Bearer tg_live_…</code>. Buying a "
-            "plan with that header tops the same token up.</p>")
-    return web.Response(text=text, content_type="text/html")
+    """The checkout page (gateway.checkout_page): the plans, each with a way to buy it
+    from the browser (an EIP-1193 wallet, or an email for a free plan) and the request
+    an x402 client makes."""
+    gw, pg = _paygate(request)
+    base = (gw.config.server.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+    return web.Response(text=checkout_page.render(gw, pg, _plans_json(pg), base),
+                        content_type="text/html", headers=checkout_page.HEADERS)
 
 
 def add_routes(app: web.Application) -> None:
