@@ -126,41 +126,52 @@ class WebhookStore:
 
     # -- fan-out and delivery -----------------------------------------------------------
 
-    async def fan_out(self, limit: int = 100) -> int:
-        """Turn events not fanned out yet into deliveries; how many events were taken."""
+    async def fan_out(self, limit: int = 500) -> int:
+        """Turn events not fanned out yet into deliveries, up to `limit` of them in one
+        transaction (a burst of events is a few writes, not one per event); how many
+        events this instance took (another may claim some of them first)."""
         async with self._engine.connect() as conn:
             events = (await conn.execute(select(webhook_events).where(
                 webhook_events.c.fanned_out == 0).order_by(webhook_events.c.created_at)
                 .limit(limit))).all()
-        taken = 0
-        for ev in events:
-            async with self._engine.begin() as conn:
-                claimed = await conn.execute(update(webhook_events).where(
-                    webhook_events.c.id == ev.id, webhook_events.c.fanned_out == 0)
-                    .values(fanned_out=1))
-                if claimed.rowcount != 1:
-                    continue  # another instance took it
-                taken += 1
-                provider = ev.provider
-                if provider is None and ev.paygate_id is not None:
-                    provider = (await conn.execute(select(runtime_paygates.c.provider).where(
-                        runtime_paygates.c.id == ev.paygate_id))).scalar()
-                # an operator's endpoint (no provider) hears every provider's events
-                rows = (await conn.execute(select(webhook_endpoints).where(
-                    or_(webhook_endpoints.c.provider.is_(None),
-                        webhook_endpoints.c.provider == provider) if provider is not None
-                    else webhook_endpoints.c.provider.is_(None)))).all()
+        if not events:
+            return 0
+        async with self._engine.begin() as conn:
+            claimed = set((await conn.execute(update(webhook_events).where(
+                webhook_events.c.id.in_([ev.id for ev in events]),
+                webhook_events.c.fanned_out == 0).values(fanned_out=1)
+                .returning(webhook_events.c.id))).scalars())
+            events = [ev for ev in events if ev.id in claimed]  # others: another instance's
+            if not events:
+                return 0
+            endpoints = [_endpoint(r) for r in (await conn.execute(
+                select(webhook_endpoints))).all()]
+            if not endpoints:
+                return len(events)
+            unowned = {ev.paygate_id for ev in events
+                       if ev.provider is None and ev.paygate_id is not None}
+            owners = dict((await conn.execute(select(
+                runtime_paygates.c.id, runtime_paygates.c.provider).where(
+                runtime_paygates.c.id.in_(sorted(unowned))))).all()) if unowned else {}
+            now = self._clock.now()
+            rows = []
+            for ev in events:
+                provider = ev.provider if ev.provider is not None else owners.get(ev.paygate_id)
                 data = json.loads(ev.data)
-                now = self._clock.now()
-                for ep in (_endpoint(r) for r in rows):
+                # an operator's endpoint (no provider) hears every provider's events
+                for ep in endpoints:
+                    if ep.provider is not None and ep.provider != provider:
+                        continue
                     if ep.wants(ev.type, data):
-                        await conn.execute(insert(webhook_deliveries).values(
+                        rows.append(dict(
                             id="dlv_" + secrets.token_hex(12), event_id=ev.id,
                             endpoint_id=ep.id, state="pending", attempts=0,
                             next_attempt_at=now, lease_owner=None, lease_until=None,
                             last_status=None, last_error=None, delivered_at=None,
                             created_at=now))
-        return taken
+            if rows:
+                await conn.execute(insert(webhook_deliveries), rows)
+        return len(events)
 
     async def lease(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Take up to `limit` pending deliveries that are due and not held by anyone."""
