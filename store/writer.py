@@ -50,18 +50,30 @@ class SqliteWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pending = 0  # units queued or running; guarded by _lock
+        # per event loop: units handed in during the loop's current pass (that loop only)
+        self._gathering: dict[asyncio.AbstractEventLoop, list] = {}
 
     async def run(self, unit: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        gathering = self._gathering.get(loop)
+        if gathering is None:
+            # The units a loop hands in during one pass of its callbacks go to the thread
+            # together: one queue item and one wake-up of the thread, not one per unit.
+            gathering = self._gathering[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        gathering.append((unit, future, loop))
+        return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        items = self._gathering.pop(loop)
         with self._lock:
-            self._pending += 1
-            self._queue.put((unit, future, loop))
+            self._pending += len(items)
+            self._queue.put(items)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="tollgate-sqlite-writer",
                                                 daemon=True)
                 self._thread.start()
-        return await future
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=30, isolation_level=None,
@@ -87,10 +99,10 @@ class SqliteWriter:
                             self._thread = None
                             return
                     continue
-                batch = [first]
+                batch = list(first)
                 while len(batch) < _MAX_BATCH:
                     try:
-                        batch.append(self._queue.get_nowait())
+                        batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 outcomes = self._commit(conn, batch)
@@ -103,7 +115,7 @@ class SqliteWriter:
                 waiting = []
                 while True:
                     try:
-                        waiting.append(self._queue.get_nowait())
+                        waiting.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 self._pending -= len(waiting)
