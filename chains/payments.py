@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
@@ -43,8 +42,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chains import payment_units as units
 from store import outbox
 from store.clock import Clock
-from store.schema import payment_responses, payments, settlement_txs
+from store.ids import random_hex
 from store.pgbatch import PgBatch
+from store.schema import payment_responses, payments, settlement_txs
 from store.writer import sqlite_writer
 
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -194,7 +194,7 @@ class PaymentStore:
         the payer's open payments on this network and asset stay within it (deferred
         settlement): None then too, and `find` tells the two cases apart."""
         now = self._clock.now()
-        pid = secrets.token_hex(16)
+        pid = random_hex()
         values = dict(
             id=pid, claim_key=p.claim_key, payment_identifier=p.payment_identifier,
             request_fingerprint=p.fingerprint, rail=p.rail, paygate_id=p.paygate_id,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -37,6 +36,7 @@ from gateway.challenge import challenge
 from gateway.errors import BadRequest, Conflict, TollgateError
 from gateway.rails.base import Charge, PaidRequest, PaymentRejected, Priced, StoredResponse
 from gateway.state import Gateway
+from store.ids import random_hex
 
 log = logging.getLogger("tollgate.authorize")
 
@@ -158,7 +158,7 @@ async def authorize(request: web.Request) -> web.Response:
         return _refused(priced, rails, PaymentRejected(
             "payment_already_used", "this payment was already used for an earlier request"),
             units)
-    auth = Authorization("az_" + secrets.token_hex(16), outcome,
+    auth = Authorization("az_" + random_hex(), outcome,
                          gw.clock.now() + gw.config.server.authorize_timeout_seconds,
                          pg.provider)
     request.config_dict[AUTHORIZATIONS].add(auth)

@@ -4,8 +4,6 @@ library providers use to verify), so both sides share one definition."""
 
 from __future__ import annotations
 
-import secrets as _random
-
 from gateway.origin import (
     CONTEXT_HEADERS,
     DEFAULT_HEADER_PREFIX,
@@ -19,6 +17,7 @@ from gateway.origin import (
     request_signature_from_digest,
     signature_of_canonical,
 )
+from store.ids import random_hex
 
 
 def origin_auth_headers(
@@ -71,7 +70,7 @@ def origin_auth_headers(
     context = {name: headers[name] for name in CONTEXT_HEADERS + OPTIONAL_CONTEXT_HEADERS
                if name in headers}
     ts = str(int(now))
-    request_id = _random.token_hex(16)
+    request_id = random_hex()
     sig_name, ts_name, id_name = request_header_names(header_prefix)
     headers[ts_name] = ts
     headers[id_name] = request_id

@@ -24,7 +24,6 @@ import logging
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 
 import sqlalchemy.exc
@@ -34,6 +33,7 @@ from gateway import metrics
 from gateway.access_log import write_info_line
 from gateway.errors import Unavailable
 from gateway.state import GATEWAY
+from store.ids import random_hex
 
 REQUEST_ID = "X-Request-Id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -81,7 +81,7 @@ def note_payer(request: web.Request, payer: str | None) -> None:
 async def outer(request: web.Request, handler):
     rid = request.headers.get(REQUEST_ID, "")
     if not _SANE_ID.fullmatch(rid):
-        rid = uuid.uuid4().hex  # the proxy sends the origin this one, not the caller's
+        rid = random_hex()  # the proxy sends the origin this one, not the caller's
     ctx = RequestContext(rid, time.monotonic())
     request[CONTEXT] = ctx  # aiohttp prepares a returned response with this request
     _classify(request, ctx)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select, update
@@ -22,10 +21,11 @@ from sessions import ledger_units as units
 from sessions.lifecycle import LIVE_STATES
 from sessions.records import SESSION_VIEW, Session
 from store.clock import Clock
+from store.ids import random_hex
 from store.pgbatch import PgBatch
-from store.writer import sqlite_writer
 from store.schema import session_allowances as allowances
 from store.schema import session_charges, sessions
+from store.writer import sqlite_writer
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Ledger:
         after `fresh_after`, with `allowance - outstanding >= amount`. Returns once the
         charge is durable."""
         now = self._clock.now()
-        charge_id = secrets.token_hex(16)
+        charge_id = random_hex()
         if self._sqlite:
             try:
                 got = await self._writer.run(functools.partial(

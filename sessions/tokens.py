@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sessions import token_units as units
 from sessions.ledger import Charged, KeyConflict, Replay, _existing
 from store.clock import Clock
+from store.ids import random_hex
 from store.pgbatch import PgBatch
 from store.schema import free_claims, prepaid_tokens, token_charges
 from store.writer import sqlite_writer
@@ -196,7 +197,7 @@ class Tokens:
         """Charge `amount` units for the call `key`, atomically; None when the token is
         not active or has fewer units left. Returns once the charge is durable."""
         now = self._clock.now()
-        charge_id = secrets.token_hex(16)
+        charge_id = random_hex()
         if self._sqlite:
             try:
                 got = await self._writer.run(functools.partial(

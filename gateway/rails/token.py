@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from typing import Mapping
 
 from gateway.errors import BadRequest, Conflict, Unauthorized
@@ -31,6 +30,7 @@ from gateway.rails.base import (Charge, Offer, PaidRequest, PaymentRejected, Pri
                                 StoredResponse, abandon_after)
 from sessions.lifecycle import request_fingerprint
 from sessions.tokens import PREFIX, Charged, KeyConflict, Replay, Tokens
+from store.ids import random_hex
 
 log = logging.getLogger("tollgate.tokens")
 
@@ -91,7 +91,7 @@ class TokenRail:
         if token.state != "active":
             raise invalid_token("this token is revoked")
         if key is None:
-            key, fingerprint = "auto-" + secrets.token_hex(16), ""
+            key, fingerprint = "auto-" + random_hex(), ""
         else:
             fingerprint = request_fingerprint(request.method, request.path_qs,
                                               await request.body())
