@@ -100,14 +100,17 @@ class Ledger:
         The session must be live (active or exhausted: what is left decides, not the
         label) and unexpired; its owner's shared allowance refreshed from the mirror
         after `fresh_after`, with `allowance - outstanding >= amount`. Returns once the
-        charge is durable."""
+        charge is committed: on SQLite safe from a crash of the process and made durable
+        against power loss by the call's record, which every reply waits for."""
         now = self._clock.now()
         charge_id = random_hex()
         if self._sqlite:
             try:
+                # committed, not yet fsynced: the call's reply waits for its record, which
+                # is (store.writer); a crash of the process loses nothing
                 got = await self._writer.run(functools.partial(
                     units.sqlite_charge, charge_id, session_id, key, fingerprint, amount,
-                    fresh_after, now))
+                    fresh_after, now), fsync=False)
             except units.NoFunds:
                 return await self._refused(session_id)
             if isinstance(got, int):

@@ -195,13 +195,17 @@ class Tokens:
     async def charge(self, token_id: str, key: str, fingerprint: str,
                      amount: int) -> Charged | Replay | KeyConflict | None:
         """Charge `amount` units for the call `key`, atomically; None when the token is
-        not active or has fewer units left. Returns once the charge is durable."""
+        not active or has fewer units left. Returns once the charge is committed (on SQLite:
+        fsynced with the call's record, which every reply waits for)."""
         now = self._clock.now()
         charge_id = random_hex()
         if self._sqlite:
             try:
+                # committed, not yet fsynced: the reply waits for the call's record, which
+                # is (store.writer)
                 got = await self._writer.run(functools.partial(
-                    units.sqlite_charge, charge_id, token_id, key, fingerprint, amount, now))
+                    units.sqlite_charge, charge_id, token_id, key, fingerprint, amount, now),
+                    fsync=False)
             except units.NoUnits:
                 return None
             if isinstance(got, int):

@@ -15,8 +15,14 @@ Contracts:
 - Units run one at a time, in arrival order, on one connection: a unit sees the effects
   of every unit before it, and nothing else writes between its statements (other SQLite
   connections of the process wait on the file lock).
-- The connection runs with `synchronous=FULL` in WAL mode: a committed batch survives a
-  power loss, not just a crash of the process.
+- The connection runs in WAL mode. A batch holding a unit run with `fsync=True` (the
+  default) commits with `synchronous=FULL`: it survives a power loss, not just a crash
+  of the process, and so does every batch committed before it (the WAL is one file,
+  synced up to its end). A batch of `fsync=False` units only commits (`NORMAL`): visible
+  to every connection at once and safe from a crash of the process, durable against a
+  power loss with the next fsync'd batch. For a change nothing outside the process sees
+  before a later fsync'd write: a charge taken before a call is forwarded (its reply
+  waits for the call's record, run with fsync), not the record itself.
 - A unit must not COMMIT, ROLLBACK or release savepoints it did not open, and must not
   await anything: it runs on the writer thread, away from the event loop.
 
@@ -52,8 +58,11 @@ class SqliteWriter:
         self._pending = 0  # units queued or running; guarded by _lock
         # per event loop: units handed in during the loop's current pass (that loop only)
         self._gathering: dict[asyncio.AbstractEventLoop, list] = {}
+        self._fsyncs = True  # the connection's synchronous setting: FULL (True) or NORMAL
 
-    async def run(self, unit: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, unit: Callable[[sqlite3.Connection], T], *, fsync: bool = True) -> T:
+        """Run `unit` in the next batch; its result once the batch committed. `fsync=False`
+        (see the module's contracts) for a change no reply waits on by itself."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         gathering = self._gathering.get(loop)
@@ -62,7 +71,7 @@ class SqliteWriter:
             # together: one queue item and one wake-up of the thread, not one per unit.
             gathering = self._gathering[loop] = []
             loop.call_soon(self._hand_over, loop)
-        gathering.append((unit, future, loop))
+        gathering.append((unit, future, loop, fsync))
         return await future
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -80,6 +89,7 @@ class SqliteWriter:
                                check_same_thread=False, cached_statements=256)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        self._fsyncs = True
         # No busy handler: SQLite's sleeps 1, 2, 5 ... 100 ms between tries, and a batch
         # stalled that long stalls every caller queued behind it. `_begin` polls instead.
         conn.execute("PRAGMA busy_timeout=0")
@@ -125,12 +135,15 @@ class SqliteWriter:
             if conn is not None:
                 conn.close()
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, Any]]:
+    def _commit(self, conn: sqlite3.Connection, batch: list) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] = []
         try:
+            fsync = any(item[3] for item in batch)
+            if fsync != self._fsyncs:  # FULL: COMMIT waits for the WAL's fsync; NORMAL: not
+                conn.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+                self._fsyncs = fsync
             _begin(conn)
-            for unit, _future, _loop in batch:
+            for unit, _future, _loop, _fsync in batch:
                 conn.execute("SAVEPOINT unit")
                 try:
                     result = unit(conn)
@@ -169,7 +182,7 @@ def _begin(conn: sqlite3.Connection) -> None:
 def _resolve(batch: list, outcomes: list[tuple[bool, Any]]) -> None:
     """Hand the outcomes to the callers' loops: one wake-up per loop, not per unit."""
     per_loop: dict = {}
-    for (_unit, future, loop), outcome in zip(batch, outcomes):
+    for (_unit, future, loop, _fsync), outcome in zip(batch, outcomes):
         per_loop.setdefault(loop, []).append((future, outcome))
     for loop, items in per_loop.items():
         try:

@@ -112,3 +112,35 @@ async def test_a_result_is_durable_when_returned(db):
     for i in range(3):
         await writer.run(insert(f"k{i}", i))
         assert rows(db)[f"k{i}"] == i  # another connection sees it at once
+
+
+def synchronous_now(conn) -> int:
+    return conn.execute("PRAGMA synchronous").fetchone()[0]  # 1 NORMAL, 2 FULL
+
+
+async def test_a_batch_with_any_fsync_unit_commits_full_and_one_without_does_not(db):
+    """A batch of fsync=False units commits without waiting for the disk (NORMAL); a
+    batch holding one unit that asks for fsync commits FULL, which also syncs every
+    batch before it. Both are visible to other connections as soon as they return."""
+    writer = SqliteWriter(db)
+
+    def mode(k):
+        def unit(conn):
+            conn.execute("INSERT INTO t (k, v) VALUES (?, 1)", (k,))
+            return synchronous_now(conn)
+        return unit
+
+    assert await writer.run(mode("a"), fsync=False) == 1
+    assert rows(db) == {"a": 1}
+    assert await writer.run(mode("b")) == 2
+    unit, started, release = blocker()
+    first = asyncio.ensure_future(writer.run(unit, fsync=False))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+    mixed = [asyncio.ensure_future(writer.run(mode("c"), fsync=False)),
+             asyncio.ensure_future(writer.run(mode("d")))]
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    assert await asyncio.gather(*mixed) == [2, 2]  # one batch: the fsync unit decides
+    assert await writer.run(mode("e"), fsync=False) == 1
+    assert rows(db) == {k: 1 for k in "abcde"}
