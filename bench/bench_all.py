@@ -1,7 +1,7 @@
 """Every performance figure of the gateway in one run, each against a bare aiohttp proxy.
 
 Usage: python bench/bench_all.py [--quick] [--json] [--seconds S] [--sessions N]
-                                 [--profile DIR] [--keep] [--no-wrk]
+                                 [--profile DIR] [--keep] [--no-wrk] [--only deferred]
 
 One machine, one run. wrk (one thread) is pinned to core 0 with this script; every server
 (origin, bare proxy, gateway, anvil) is pinned to core 1. HTTP paths, each measured for S
@@ -35,6 +35,9 @@ have each been called once; seconds from process start to /readyz 200 (x402 gate
 no Hedera rails, fresh SQLite); ledger charges/s on SQLite and PostgreSQL
 (bench_sessions.run, 32 callers, 64 sessions; PostgreSQL is tests/support's throwaway
 server with fsync off).
+
+--only deferred measures just the bare proxy and x402 deferred (with its queue figures):
+no Hedera devnet, no other path, no ledger part; for working on that one path.
 
 --profile DIR records py-spy (raw collapsed stacks, all threads) of the gateway during the
 session-paid and x402 deferred runs at 32; bench/profile_summary.py reads them.
@@ -197,8 +200,9 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
                       str(origin_port)], "origin", origin + "/hello")
     pp, _ = b.server([sys.executable, str(REPO / "bench/bare_proxy.py"), str(proxy_port), origin],
                      "bare", f"http://127.0.0.1:{proxy_port}/hello")
-    b.measure("origin directly", origin + "/sky/v1/flights", op.pid)
-    b.measure("aiohttp hello", origin + "/hello", op.pid)
+    if not a.only:
+        b.measure("origin directly", origin + "/sky/v1/flights", op.pid)
+        b.measure("aiohttp hello", origin + "/hello", op.pid)
     b.measure("bare proxy", f"http://127.0.0.1:{proxy_port}/sky/v1/flights", pp.pid)
     stop(pp)
 
@@ -208,8 +212,9 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
         {cfgs.SETTLER_ENV: evm_blocks.settler.private_key})
     b.extra["ready_s"] = round(ready, 3)
     b.extra["rss_idle_mb"] = round(rss_mb(gp.pid), 1)
-    b.measure("free route", gw + "/sky/v1/status", gp.pid)
-    authorize_hook(b, gw)
+    if not a.only:
+        b.measure("free route", gw + "/sky/v1/status", gp.pid)
+        authorize_hook(b, gw)
     wire = requirements(gw + "/sky/v1/flights")
     signer = [p.private_key for p in evm_blocks.payers]
     samples: list = []
@@ -232,6 +237,9 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
               before_hot=sampler.start, after_hot=drain)
     b.extra["queue"] = samples
     stop(gp)
+    if a.only:
+        stop(op)
+        return
 
     # x402 after (automine: each request waits for its own receipt)
     gp, gw, d, _ = start_gateway(b, "gw-after", lambda port, d: cfgs.x402_config(
@@ -343,6 +351,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, help="sessions for the RSS figure (10000; quick 50)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the session and deferred runs")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
+    ap.add_argument("--only", choices=["deferred"],
+                    help="measure only the bare proxy and this path")
     ap.add_argument("--no-wrk", dest="wrk", action="store_false",
                     help="use the aiohttp load generator even when wrk is installed")
     a = ap.parse_args()
@@ -371,7 +381,7 @@ def main() -> None:
         # anvil dies with the thread that started it (PR_SET_PDEATHSIG): start both here;
         # the Hedera devnet (servers in this process) comes up alongside in a thread.
         with ThreadPoolExecutor(1) as pool:
-            hedera = pool.submit(lambda: HederaDevnet().start())
+            hedera = pool.submit(lambda: None if a.only else HederaDevnet().start())
             try:
                 devnets.append(EvmDevnet.start(payers=8))
                 if not q:  # --quick settles deferred payments on the automine chain too
@@ -384,7 +394,8 @@ def main() -> None:
         print(f"wrk: {a.wrk}; {a.seconds:g} s at 32, {a.seconds_c1:g} s at 1 per path; "
               f"deferred anvil block time: {devnets[-1].block_time or 'automine'}", flush=True)
         run_http(b, devnets[0], devnets[-1], hedera)
-        run_ledger(b)
+        if not a.only:
+            run_ledger(b)
         res = report(b)
         print_table(res)
         if a.json:
@@ -394,7 +405,7 @@ def main() -> None:
             stop(p)
         for net in reversed(devnets):
             net.stop()
-        if not isinstance(hedera, Future):
+        if hedera is not None and not isinstance(hedera, Future):
             hedera.stop()
         if a.keep:
             print(f"work directory kept: {work}", file=sys.stderr)
