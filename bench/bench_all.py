@@ -15,7 +15,9 @@ seconds at 32 connections and S/3 seconds at 1 connection:
                         Idempotency-Key per request
   x402 deferred         Tollgate, x402-evm, settlement "deferred", a distinct pre-signed
                         payment per request; the settlement worker runs (anvil with 1 s
-                        blocks; automine with --quick)
+                        blocks; automine with --quick), settling through the devnet's
+                        SettlementBatch contract (--single-settlement: one transaction
+                        per payment); timed once the warm-up's payments are settled
   x402 after            the same with settlement "after" (settles in the request; automine)
   /v1/authorize         skipped while the gateway answers 404 there (authorize_hook)
 
@@ -40,7 +42,7 @@ server with fsync off).
 no Hedera devnet, no other path, no ledger part; for working on that one path.
 
 --profile DIR records py-spy (raw collapsed stacks, all threads) of the gateway during the
-session-paid and x402 deferred runs at 32; bench/profile_summary.py reads them.
+session-paid and x402 deferred runs at 32 (and at 1: "<path>_c1.txt"); bench/profile_summary.py reads them.
 Wall-clock figures: compare them within one run, not across machines.
 """
 
@@ -112,8 +114,11 @@ class Bench:
         if spy is not None:
             spy.wait(timeout=a.seconds + 60)
         extra = after_hot() if after_hot else None
+        spy = self.start_profile(name + " c1", pid, a.seconds_c1) if profile else None
         one = run_load(url, concurrency=1, seconds=a.seconds_c1, header_file=files.get("c1"),
                        use_wrk=a.wrk and not a.quick)  # wrk runs whole seconds
+        if spy is not None:
+            spy.wait(timeout=a.seconds_c1 + 60)
         self.paths[name] = self.row(hot, one, cpu)
         if extra:
             self.paths[name].update(extra)
@@ -138,7 +143,8 @@ class Bench:
                 f"  cpu {r['cpu_us_per_req'] or 0:7.0f} us/req  non2xx {r['non2xx']}"
                 f" err {r['socket_errors']}")
 
-    def start_profile(self, name: str, pid: int) -> subprocess.Popen | None:
+    def start_profile(self, name: str, pid: int,
+                      seconds: float | None = None) -> subprocess.Popen | None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.access(spy, os.X_OK):
             print("py-spy not found: no profile", file=sys.stderr)
@@ -147,7 +153,7 @@ class Bench:
         out.parent.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(
             ["taskset", "-c", str(LOAD_CORE), spy, "record", "-p", str(pid), "-d",
-             str(max(1, round(self.args.seconds))), "-r", "200", "--nonblocking", "--threads",
+             str(max(1, round(seconds or self.args.seconds))), "-r", "200", "--nonblocking", "--threads",
              "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # -- processes -------------------------------------------------------------------
@@ -208,7 +214,7 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
 
     # x402 deferred (and the free route, time to ready, the /v1/authorize probe)
     gp, gw, d, ready = start_gateway(b, "gw-deferred", lambda port, d: cfgs.x402_config(
-        evm_blocks, origin, port, d, "deferred"),
+        evm_blocks, origin, port, d, "deferred", batch=a.batch),
         {cfgs.SETTLER_ENV: evm_blocks.settler.private_key})
     b.extra["ready_s"] = round(ready, 3)
     b.extra["rss_idle_mb"] = round(rss_mb(gp.pid), 1)
@@ -232,9 +238,20 @@ def run_http(b: Bench, evm_auto, evm_blocks, hedera) -> None:
         sampler.join()
         return {"load_samples": loaded}
 
+    def settled_warm_up() -> None:
+        """The warm-up's payments settled first: the worker's one-off start (loading the
+        signing library on its first settlement) is not counted as per-request CPU."""
+        deadline = time.monotonic() + 30
+        with sqlite3.connect(f"file:{d / 'tollgate.db'}?mode=ro", uri=True) as conn:
+            while time.monotonic() < deadline and conn.execute(
+                    f"SELECT COUNT(*) FROM payments WHERE state IN ({','.join('?' * len(OPEN))})",
+                    OPEN).fetchone()[0]:
+                time.sleep(0.2)
+        sampler.start()
+
     b.measure("x402 deferred", gw + "/sky/v1/flights", gp.pid,
               lambda n: cfgs.signed_lines(signer, wire, n), profile=bool(a.profile),
-              before_hot=sampler.start, after_hot=drain)
+              before_hot=settled_warm_up, after_hot=drain)
     b.extra["queue"] = samples
     stop(gp)
     if a.only:
@@ -353,6 +370,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
     ap.add_argument("--only", choices=["deferred"],
                     help="measure only the bare proxy and this path")
+    ap.add_argument("--single-settlement", dest="batch", action="store_false",
+                    help="deferred: one transaction per payment, not the batch contract")
     ap.add_argument("--no-wrk", dest="wrk", action="store_false",
                     help="use the aiohttp load generator even when wrk is installed")
     a = ap.parse_args()
