@@ -126,41 +126,53 @@ class WebhookStore:
 
     # -- fan-out and delivery -----------------------------------------------------------
 
-    async def fan_out(self, limit: int = 100) -> int:
-        """Turn events not fanned out yet into deliveries; how many events were taken."""
+    async def fan_out(self, limit: int = 1000) -> int:
+        """Turn events not fanned out yet into deliveries; how many events were taken.
+
+        Up to `limit` events in ONE write transaction (claim them all, then their
+        deliveries): on SQLite every write transaction holds the file's write lock, which
+        the hot path's group-commit writer waits for; one per event made a burst of
+        settlement events stall paid requests for as long as the fan-out ran."""
         async with self._engine.connect() as conn:
             events = (await conn.execute(select(webhook_events).where(
                 webhook_events.c.fanned_out == 0).order_by(webhook_events.c.created_at)
                 .limit(limit))).all()
-        taken = 0
-        for ev in events:
-            async with self._engine.begin() as conn:
-                claimed = await conn.execute(update(webhook_events).where(
-                    webhook_events.c.id == ev.id, webhook_events.c.fanned_out == 0)
-                    .values(fanned_out=1))
-                if claimed.rowcount != 1:
-                    continue  # another instance took it
-                taken += 1
+        if not events:
+            return 0
+        async with self._engine.begin() as conn:
+            claimed = set((await conn.execute(update(webhook_events).where(
+                webhook_events.c.id.in_([ev.id for ev in events]),
+                webhook_events.c.fanned_out == 0).values(fanned_out=1)
+                .returning(webhook_events.c.id))).scalars())  # others: another instance's
+            endpoints = [_endpoint(r) for r in (await conn.execute(select(webhook_endpoints)))]
+            if not endpoints or not claimed:
+                return len(claimed)
+            paygates = {ev.paygate_id for ev in events if ev.provider is None and ev.paygate_id}
+            owners = dict((await conn.execute(select(
+                runtime_paygates.c.id, runtime_paygates.c.provider).where(
+                runtime_paygates.c.id.in_(paygates))))) if paygates else {}
+            now = self._clock.now()
+            rows = []
+            for ev in events:
+                if ev.id not in claimed:
+                    continue
                 provider = ev.provider
                 if provider is None and ev.paygate_id is not None:
-                    provider = (await conn.execute(select(runtime_paygates.c.provider).where(
-                        runtime_paygates.c.id == ev.paygate_id))).scalar()
-                # an operator's endpoint (no provider) hears every provider's events
-                rows = (await conn.execute(select(webhook_endpoints).where(
-                    or_(webhook_endpoints.c.provider.is_(None),
-                        webhook_endpoints.c.provider == provider) if provider is not None
-                    else webhook_endpoints.c.provider.is_(None)))).all()
+                    provider = owners.get(ev.paygate_id)
                 data = json.loads(ev.data)
-                now = self._clock.now()
-                for ep in (_endpoint(r) for r in rows):
-                    if ep.wants(ev.type, data):
-                        await conn.execute(insert(webhook_deliveries).values(
+                # an operator's endpoint (no provider) hears every provider's events
+                for ep in endpoints:
+                    if (ep.provider is None or (provider is not None and ep.provider == provider)) \
+                            and ep.wants(ev.type, data):
+                        rows.append(dict(
                             id="dlv_" + secrets.token_hex(12), event_id=ev.id,
                             endpoint_id=ep.id, state="pending", attempts=0,
                             next_attempt_at=now, lease_owner=None, lease_until=None,
                             last_status=None, last_error=None, delivered_at=None,
                             created_at=now))
-        return taken
+            if rows:
+                await conn.execute(insert(webhook_deliveries), rows)
+        return len(claimed)
 
     async def lease(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Take up to `limit` pending deliveries that are due and not held by anyone."""
