@@ -122,6 +122,14 @@ def _hot_path(conn: Connection) -> None:
             conn.exec_driver_sql(ddl)
 
 
+def _work_index(conn: Connection) -> None:
+    """Version 15: the settlement worker's lease finds the payments in open states through
+    an index rather than a scan of every payment ever made (on SQLite it runs on the
+    group-commit writer, so a scan would hold up every claim behind it)."""
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_payments_work "
+                         "ON payments (state, valid_before)")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
@@ -141,6 +149,7 @@ MIGRATIONS: list[Migration] = [
     Migration(12, "plans: prepaid tokens, their charges, free-plan claims",
               _create("prepaid_tokens", "token_charges", "free_claims")),
     Migration(13, "paid files", _create("paid_files")),
+    Migration(15, "payments: index for the settlement worker's lease", _work_index),
 ]
 
 
