@@ -48,7 +48,6 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
-from gateway.rails.x402_outcomes import GroupWriter
 from gateway.rails.x402_replay import RETRY_NOTE, Replays, client_digest, request_digest
 from gateway.rails.x402_replay import receipt_headers as _receipt_headers
 from store.clock import Clock
@@ -135,8 +134,6 @@ class X402Rail:
         self.store = store
         self.clock = clock
         self._inflight: set[asyncio.Task] = set()
-        # Outcomes of settlements that finish together (a batch) commit together.
-        self._outcomes: GroupWriter[dict, bool] = GroupWriter(store.record_outcomes)
 
     def offer(self, priced: Priced) -> Offer:
         # Advertise the payment-identifier extension: clients may send an id that makes
@@ -307,10 +304,12 @@ class X402Rail:
         if outcome.state == "unknown":
             log.warning("settlement of %s is unknown (%s); the worker will reconcile it",
                         row_id, outcome.detail or outcome.reason)
-        await self._outcomes.write(dict(
-            payment_id=row_id, old=old, new=outcome.state, tx_hash=outcome.tx_hash,
+        # Outcomes of settlements that finish together (a batch) commit together: the
+        # store group-commits them.
+        await self.store.record_outcome(
+            row_id, old, outcome.state, tx_hash=outcome.tx_hash,
             error=outcome.reason if outcome.state != "settled" else None,
-            retry_after=UNKNOWN_RECHECK_SECONDS if outcome.state == "unknown" else None))
+            retry_after=UNKNOWN_RECHECK_SECONDS if outcome.state == "unknown" else None)
 
     # -- background settlement: deferred queue, unknown outcomes, crashed attempts --------
 
