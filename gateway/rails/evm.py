@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from chains.evm.batch import BatchSettler
 from chains.evm.codec import parse_exact_evm_payload
+from chains.evm.reads import CoalescingReader
 from chains.evm.rpc import RpcClient, RpcUnavailable
 from chains.evm.settle import Settler, TransferAuthorization
 from chains.evm.usage import used_outcome
@@ -37,7 +38,10 @@ class EvmNetwork:
         self.chain_id = evm_chain_id(network)
         self.cfg = cfg
         self.rpc = RpcClient(cfg.rpc_url)
-        self.reader = CachedChainReader(self.rpc, ttl_seconds=cfg.rpc_cache_seconds)
+        # Payments verified in the same loop pass share one JSON-RPC round trip for their
+        # reads; the cache in front keeps only what can never admit a used nonce.
+        self.reads = CoalescingReader(self.rpc)
+        self.reader = CachedChainReader(self.reads, ttl_seconds=cfg.rpc_cache_seconds)
         self.settler: Settler | None = None
         self.batcher: BatchSettler | None = None  # with `batch_contract`
         self.facilitator: FacilitatorClient | None = None
