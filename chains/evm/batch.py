@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
+from chains.evm.eip712 import to_checksum_address  # memoized: payers and payees repeat
 from chains.evm.rpc import RpcError, RpcUnavailable, from_hex, revert_reason, selector, to_hex
 from chains.evm.settle import (
     NonceConflict,

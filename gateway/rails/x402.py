@@ -34,7 +34,7 @@ from chains.x402 import (
     declare_payment_identifier,
     decode_header,
     encode_header,
-    parse_payment_header,
+    parse_payment_payload,
     payment_identifier,
     select_requirement,
 )
@@ -147,13 +147,13 @@ class X402Rail:
     async def accept(self, request: PaidRequest, priced: Priced) -> Charge | StoredResponse:
         raw = next(request.headers[h] for h in PAYMENT_HEADERS if h in request.headers)
         try:
-            payment = parse_payment_header(raw)
+            decoded = decode_header(raw)  # once: the payment and its fingerprint share it
+            payment = parse_payment_payload(decoded, raw=raw)
             req = select_requirement(payment, self.scheme.requirements(priced))
             pid = payment_identifier(payment.extensions)
             vp = self.scheme.verify(payment, req, self.clock.now())
         except X402Error as exc:
             raise PaymentRejected(exc.reason, exc.message) from None
-        decoded = decode_header(raw)
         fp = fingerprint({k: v for k, v in decoded.items() if k != "resource"})
         pg = priced.paygate
         digest = await request_digest(request)
