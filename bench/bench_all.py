@@ -68,7 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_configs as cfgs  # noqa: E402
 from bench_report import print_table, report  # noqa: E402
 from harness import (LOAD_CORE, REPO, Load, cpu_seconds, free_port, pin_self,  # noqa: E402
-                     rss_mb, run_load, spawn, stop, wait_http, write_header_lines)
+                     rss_mb, run_load, spawn, stop, thread_cpu_seconds, wait_http,
+                     write_header_lines)
 
 OPEN = ("verified", "queued", "settling", "unknown")
 
@@ -107,10 +108,10 @@ class Bench:
         if before_hot:
             before_hot()
         spy = self.start_profile(name, pid) if profile else None
-        cpu0 = cpu_seconds(pid)
+        cpu0, threads0 = cpu_seconds(pid), thread_cpu_seconds(pid)
         hot = run_load(url, concurrency=32, seconds=a.seconds, header_file=files.get("c32"),
                        use_wrk=a.wrk)
-        cpu = cpu_seconds(pid) - cpu0
+        cpu, threads1 = cpu_seconds(pid) - cpu0, thread_cpu_seconds(pid)
         if spy is not None:
             spy.wait(timeout=a.seconds + 60)
         extra = after_hot() if after_hot else None
@@ -120,9 +121,23 @@ class Bench:
         if spy is not None:
             spy.wait(timeout=a.seconds_c1 + 60)
         self.paths[name] = self.row(hot, one, cpu)
+        if hot.requests:  # by thread (threads that ended during the run are left out)
+            per: dict[str, float] = {}
+            for tid, (_comm, secs) in threads1.items():
+                # (Python does not name its threads for the OS: the event loop's thread
+                # is the process's own; the others are the store writer, aiosqlite, ...)
+                label = "event loop" if tid == pid else "other threads"
+                per[label] = per.get(label, 0.0) + secs - threads0.get(tid, ("", 0.0))[1]
+            self.paths[name]["cpu_us_per_req_by_thread"] = {
+                k: round(v / hot.requests * 1e6, 1) for k, v in sorted(
+                    per.items(), key=lambda kv: -kv[1]) if v > 0}
         if extra:
             self.paths[name].update(extra)
         print(self.line(name), flush=True)
+        if len(self.paths[name].get("cpu_us_per_req_by_thread", {})) > 1:
+            print("  cpu us/req by thread: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in self.paths[name]["cpu_us_per_req_by_thread"].items()),
+                flush=True)
 
     @staticmethod
     def row(hot: Load, one: Load, cpu: float) -> dict:
