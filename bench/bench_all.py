@@ -169,7 +169,8 @@ class Bench:
         return subprocess.Popen(
             ["taskset", "-c", str(LOAD_CORE), spy, "record", "-p", str(pid), "-d",
              str(max(1, round(seconds or self.args.seconds))), "-r", "200", "--nonblocking", "--threads",
-             "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "-f", "raw", "-o", str(out), *(["--gil"] if self.args.gil else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # -- processes -------------------------------------------------------------------
 
@@ -382,6 +383,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, help="seconds per path at 32 (10; quick 1)")
     ap.add_argument("--sessions", type=int, help="sessions for the RSS figure (10000; quick 50)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the session and deferred runs")
+    ap.add_argument("--gil", action="store_true",
+                    help="with --profile: sample only the thread holding the GIL (Python "
+                         "CPU; without it, waits for the GIL and for the core count too)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
     ap.add_argument("--only", choices=["deferred"],
                     help="measure only the bare proxy and this path")

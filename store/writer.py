@@ -19,6 +19,8 @@ Contracts:
   power loss, not just a crash of the process.
 - A unit must not COMMIT, ROLLBACK or release savepoints it did not open, and must not
   await anything: it runs on the writer thread, away from the event loop.
+- Units are handed to the thread once per pass of the caller's event loop (all that pass's
+  units in one queue put): the thread is woken once per pass, not once per unit.
 
 Extra statements that must commit with a change (an outbox row, say) go inside the same
 unit: whatever the function does on the connection is part of the change.
@@ -50,18 +52,32 @@ class SqliteWriter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pending = 0  # units queued or running; guarded by _lock
+        # Units asked for during the current pass of each event loop: handed to the
+        # thread together at the end of the pass (one queue put, one wake-up of the
+        # thread, instead of one per unit). Touched only from that loop's own thread.
+        self._buffers: dict[asyncio.AbstractEventLoop, list] = {}
 
     async def run(self, unit: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        buffer = self._buffers.get(loop)
+        if buffer is None:
+            buffer = self._buffers[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        buffer.append((unit, future, loop))
+        return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        units = self._buffers.pop(loop, None)
+        if not units:
+            return
         with self._lock:
-            self._pending += 1
-            self._queue.put((unit, future, loop))
+            self._pending += len(units)
+            self._queue.put(units)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="tollgate-sqlite-writer",
                                                 daemon=True)
                 self._thread.start()
-        return await future
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=30, isolation_level=None,
@@ -87,10 +103,10 @@ class SqliteWriter:
                             self._thread = None
                             return
                     continue
-                batch = [first]
-                while len(batch) < _MAX_BATCH:
+                batch = list(first)
+                while len(batch) < _MAX_BATCH:  # (one pass's units are never split)
                     try:
-                        batch.append(self._queue.get_nowait())
+                        batch += self._queue.get_nowait()
                     except queue.Empty:
                         break
                 outcomes = self._commit(conn, batch)
@@ -103,7 +119,7 @@ class SqliteWriter:
                 waiting = []
                 while True:
                     try:
-                        waiting.append(self._queue.get_nowait())
+                        waiting += self._queue.get_nowait()
                     except queue.Empty:
                         break
                 self._pending -= len(waiting)
