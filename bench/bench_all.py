@@ -1,7 +1,7 @@
 """Every performance figure of the gateway in one run, each against a bare aiohttp proxy.
 
 Usage: python bench/bench_all.py [--quick] [--json] [--seconds S] [--sessions N]
-                                 [--profile DIR] [--keep] [--no-wrk]
+                                 [--profile DIR] [--keep] [--no-wrk] [--only deferred]
 
 One machine, one run. wrk (one thread) is pinned to core 0 with this script; every server
 (origin, bare proxy, gateway, anvil) is pinned to core 1. HTTP paths, each measured for S
@@ -15,7 +15,9 @@ seconds at 32 connections and S/3 seconds at 1 connection:
                         Idempotency-Key per request
   x402 deferred         Tollgate, x402-evm, settlement "deferred", a distinct pre-signed
                         payment per request; the settlement worker runs (anvil with 1 s
-                        blocks; automine with --quick)
+                        blocks; automine with --quick), settling through the devnet's
+                        SettlementBatch contract (--single-settlement: one transaction
+                        per payment); timed once the warm-up's payments are settled
   x402 after            the same with settlement "after" (settles in the request; automine)
   /v1/authorize         skipped while the gateway answers 404 there (authorize_hook)
 
@@ -36,8 +38,11 @@ no Hedera rails, fresh SQLite); ledger charges/s on SQLite and PostgreSQL
 (bench_sessions.run, 32 callers, 64 sessions; PostgreSQL is tests/support's throwaway
 server with fsync off).
 
+--only deferred measures just the bare proxy and x402 deferred (with its queue figures):
+no Hedera devnet, no other path, no ledger part; for working on that one path.
+
 --profile DIR records py-spy (raw collapsed stacks, all threads) of the gateway during the
-session-paid and x402 deferred runs at 32; bench/profile_summary.py reads them.
+session-paid and x402 deferred runs at 32 (and at 1: "<path>_c1.txt"); bench/profile_summary.py reads them.
 Wall-clock figures: compare them within one run, not across machines.
 """
 
@@ -64,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_configs as cfgs  # noqa: E402
 from bench_report import print_table, report  # noqa: E402
 from harness import (LOAD_CORE, REPO, Load, cpu_seconds, free_port, pin_self,  # noqa: E402
-                     rss_mb, run_load, spawn, stop, wait_http, write_header_lines)
+                     rss_mb, run_load, spawn, stop, thread_cpu_seconds, wait_http,
+                     write_header_lines)
 
 OPEN = ("verified", "queued", "settling", "unknown")
 
@@ -110,19 +116,36 @@ class Bench:
         if before_hot:
             before_hot()
         spy = self.start_profile(name, pid) if profile else None
-        cpu0 = cpu_seconds(pid)
+        cpu0, threads0 = cpu_seconds(pid), thread_cpu_seconds(pid)
         hot = run_load(url, concurrency=32, seconds=a.seconds, header_file=files.get("c32"),
                        use_wrk=a.wrk)
-        cpu = cpu_seconds(pid) - cpu0
+        cpu, threads1 = cpu_seconds(pid) - cpu0, thread_cpu_seconds(pid)
         if spy is not None:
             spy.wait(timeout=a.seconds + 60)
         extra = after_hot() if after_hot else None
+        spy = self.start_profile(name + " c1", pid, a.seconds_c1) if profile else None
         one = run_load(url, concurrency=1, seconds=a.seconds_c1, header_file=files.get("c1"),
                        use_wrk=a.wrk and not a.quick)  # wrk runs whole seconds
+        if spy is not None:
+            spy.wait(timeout=a.seconds_c1 + 60)
         self.paths[name] = self.row(hot, one, cpu)
+        if hot.requests:  # by thread (threads that ended during the run are left out)
+            per: dict[str, float] = {}
+            for tid, (_comm, secs) in threads1.items():
+                # (Python does not name its threads for the OS: the event loop's thread
+                # is the process's own; the others are the store writer, aiosqlite, ...)
+                label = "event loop" if tid == pid else "other threads"
+                per[label] = per.get(label, 0.0) + secs - threads0.get(tid, ("", 0.0))[1]
+            self.paths[name]["cpu_us_per_req_by_thread"] = {
+                k: round(v / hot.requests * 1e6, 1) for k, v in sorted(
+                    per.items(), key=lambda kv: -kv[1]) if v > 0}
         if extra:
             self.paths[name].update(extra)
         print(self.line(name), flush=True)
+        if len(self.paths[name].get("cpu_us_per_req_by_thread", {})) > 1:
+            print("  cpu us/req by thread: " + ", ".join(
+                f"{k} {v:.0f}" for k, v in self.paths[name]["cpu_us_per_req_by_thread"].items()),
+                flush=True)
 
     @staticmethod
     def row(hot: Load, one: Load, cpu: float) -> dict:
@@ -143,7 +166,8 @@ class Bench:
                 f"  cpu {r['cpu_us_per_req'] or 0:7.0f} us/req  non2xx {r['non2xx']}"
                 f" err {r['socket_errors']}")
 
-    def start_profile(self, name: str, pid: int) -> subprocess.Popen | None:
+    def start_profile(self, name: str, pid: int,
+                      seconds: float | None = None) -> subprocess.Popen | None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.access(spy, os.X_OK):
             print("py-spy not found: no profile", file=sys.stderr)
@@ -152,8 +176,9 @@ class Bench:
         out.parent.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(
             ["taskset", "-c", str(LOAD_CORE), spy, "record", "-p", str(pid), "-d",
-             str(max(1, round(self.args.seconds))), "-r", "200", "--nonblocking", "--threads",
-             "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             str(max(1, round(seconds or self.args.seconds))), "-r", "200", "--nonblocking", "--threads",
+             "-f", "raw", "-o", str(out), *(["--gil"] if self.args.gil else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # -- processes -------------------------------------------------------------------
 
@@ -223,7 +248,7 @@ def run_deferred(b: Bench, origin: str, evm_blocks) -> None:
     """x402 deferred, and the free route, time to ready, /v1/authorize on its gateway."""
     a = b.args
     gp, gw, d, ready = start_gateway(b, "gw-deferred", lambda port, d: cfgs.x402_config(
-        evm_blocks, origin, port, d, "deferred"),
+        evm_blocks, origin, port, d, "deferred", batch=a.batch),
         {cfgs.SETTLER_ENV: evm_blocks.settler.private_key})
     b.extra["ready_s"] = round(ready, 3)
     b.extra["rss_idle_mb"] = round(rss_mb(gp.pid), 1)
@@ -246,9 +271,20 @@ def run_deferred(b: Bench, origin: str, evm_blocks) -> None:
         sampler.join()
         return {"load_samples": loaded}
 
+    def settled_warm_up() -> None:
+        """The warm-up's payments settled first: the worker's one-off start (loading the
+        signing library on its first settlement) is not counted as per-request CPU."""
+        deadline = time.monotonic() + 30
+        with sqlite3.connect(f"file:{d / 'tollgate.db'}?mode=ro", uri=True) as conn:
+            while time.monotonic() < deadline and conn.execute(
+                    f"SELECT COUNT(*) FROM payments WHERE state IN ({','.join('?' * len(OPEN))})",
+                    OPEN).fetchone()[0]:
+                time.sleep(0.2)
+        sampler.start()
+
     b.measure("x402 deferred", gw + "/sky/v1/flights", gp.pid,
               lambda n: cfgs.signed_lines(signer, wire, n), profile=bool(a.profile),
-              before_hot=sampler.start, after_hot=drain)
+              before_hot=settled_warm_up, after_hot=drain)
     b.extra["queue"] = samples
     stop(gp)
 
@@ -383,6 +419,13 @@ def run_ledger(b: Bench) -> None:
     pin_self({LOAD_CORE})
 
 
+def _parts(value: str) -> set[str]:
+    parts = {p.strip() for p in value.split(",") if p.strip()}
+    if "deferred" in parts:
+        parts |= {"bare proxy", "x402 deferred"}
+    return parts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: a few seconds per part")
@@ -390,12 +433,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, help="seconds per path at 32 (10; quick 1)")
     ap.add_argument("--sessions", type=int, help="sessions for the RSS figure (10000; quick 50)")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the session and deferred runs")
+    ap.add_argument("--gil", action="store_true",
+                    help="with --profile: sample only the thread holding the GIL (Python "
+                         "CPU; without it, waits for the GIL and for the core count too)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, DBs)")
+    ap.add_argument("--single-settlement", dest="batch", action="store_false",
+                    help="deferred: one transaction per payment, not the batch contract")
     ap.add_argument("--no-wrk", dest="wrk", action="store_false",
                     help="use the aiohttp load generator even when wrk is installed")
-    ap.add_argument("--only", type=lambda v: {p.strip() for p in v.split(",") if p.strip()},
-                    default=set(), help="comma-separated parts to run, e.g. 'bare proxy,"
-                    "session-paid' (paths by name; also rss, ready, ledger); default all")
+    ap.add_argument("--only", type=_parts, default=set(),
+                    help="comma-separated parts to run, e.g. 'bare proxy,session-paid' "
+                         "(paths by name; also rss, ready, ledger; 'deferred' = the bare "
+                         "proxy and x402 deferred); default all")
     a = ap.parse_args()
     q = a.quick
     a.seconds = a.seconds or (1.0 if q else 10.0)
@@ -422,7 +471,8 @@ def main() -> None:
         # anvil dies with the thread that started it (PR_SET_PDEATHSIG): start both here;
         # the Hedera devnet (servers in this process) comes up alongside in a thread.
         with ThreadPoolExecutor(1) as pool:
-            hedera = pool.submit(lambda: HederaDevnet().start())
+            hedera = pool.submit(lambda: HederaDevnet().start() if b.wants("session-paid", "rss")
+                                 else None)
             try:
                 devnets.append(EvmDevnet.start(payers=8))
                 if not q:  # --quick settles deferred payments on the automine chain too
@@ -446,7 +496,7 @@ def main() -> None:
             stop(p)
         for net in reversed(devnets):
             net.stop()
-        if not isinstance(hedera, Future):
+        if hedera is not None and not isinstance(hedera, Future):
             hedera.stop()
         if a.keep:
             print(f"work directory kept: {work}", file=sys.stderr)

@@ -31,9 +31,12 @@ master_key_file = "{work / 'master.key'}"
 """
 
 
-def x402_config(devnet, origin_url: str, port: int, work: Path, settlement: str) -> str:
-    """x402-evm paygate /sky with `settlement`; GET /sky/v1/status is a free route. It also
-    sells a plan on prepaid tokens (the /v1/authorize run spends from one)."""
+def x402_config(devnet, origin_url: str, port: int, work: Path, settlement: str,
+                batch: bool = False) -> str:
+    """x402-evm paygate /sky with `settlement`; GET /sky/v1/status is a free route. `batch`:
+    settle through the devnet's SettlementBatch contract (many payments a transaction). It
+    also sells a plan on prepaid tokens (the /v1/authorize run spends from one)."""
+    batch_line = f'batch_contract = "{devnet.batch_address}"' if batch else ""
     return _server(port, work) + f"""
 [assets.usdc]
 type = "eip3009"
@@ -47,6 +50,7 @@ eip712_version = "{devnet.token_version}"
 rpc_url = "{devnet.rpc_url}"
 settler_key_env = "{SETTLER_ENV}"
 deferred_exposure_limit = {10**15}
+{batch_line}
 
 [[paygates]]
 id = "sky"

@@ -40,6 +40,7 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chains import payment_units as units
+from chains import settlement_units as sunits
 from store import outbox
 from store.clock import Clock
 from store.ids import random_hex
@@ -177,7 +178,14 @@ class PaymentStore:
     """The hot writes (claim, transition, store_response) are group-committed: on SQLite
     units of work of the store's writer (store.writer), on PostgreSQL batches of one
     statement each (store.pgbatch; claims through migration 9's function). Each returns
-    once committed, and concurrent ones share the commit (see chains.payment_units)."""
+    once committed, and concurrent ones share the commit (see chains.payment_units).
+
+    On SQLite every other write (the settlement worker's leases, start-settling, tx
+    hashes, outcomes; forwards and purges) is a unit of the same writer too
+    (chains.settlement_units): no SQLAlchemy transaction holds the file's write lock
+    while the writer waits for it. On PostgreSQL outcomes and tx hashes are batched; the
+    worker's once-per-pass writes (lease, renew, start-settling, persist_batch) stay
+    SQLAlchemy transactions, which lock only their rows there."""
 
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self._engine = engine
@@ -187,6 +195,8 @@ class PaymentStore:
             self._claims = PgBatch(engine, units.pg_claims)
             self._responses = PgBatch(engine, units.pg_store_responses)
             self._moves = PgBatch(engine, units.pg_transitions)
+            self._outcomes = PgBatch(engine, sunits.pg_outcomes)
+            self._tx_hashes = PgBatch(engine, sunits.pg_tx_hashes)
 
     async def claim(self, p: NewPayment, exposure_limit: int | None = None) -> str | None:
         """Insert the payment; its id if this call owns it, None if the claim key or the
@@ -278,11 +288,13 @@ class PaymentStore:
     async def set_tx_hash(self, payment_id: str, tx_hash: str, raw_tx: bytes | None = None) -> None:
         """Record the settlement transaction; with `raw_tx`, its signed bytes (before they
         are sent, so that recovery re-sends them rather than build a competing one)."""
-        values: dict[str, Any] = {"tx_hash": tx_hash, "updated_at": self._clock.now()}
-        if raw_tx is not None:
-            values["raw_tx"] = raw_tx.hex()
-        async with self._engine.begin() as conn:
-            await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
+        now = self._clock.now()
+        raw_hex = None if raw_tx is None else raw_tx.hex()
+        if self._writer is not None:
+            await self._writer.run(functools.partial(
+                sunits.set_tx_hash, payment_id, tx_hash, raw_hex, now))
+        else:
+            await self._tx_hashes.run((payment_id, tx_hash, raw_hex, now))
 
     async def start_settling(self, payment_ids: Iterable[str], old: str, owner: str,
                              lease_seconds: float) -> set[str]:
@@ -293,6 +305,9 @@ class PaymentStore:
         if not ids:
             return set()
         now = self._clock.now()
+        if self._writer is not None:
+            return await self._writer.run(functools.partial(
+                sunits.start_settling, ids, old, owner, now, now + lease_seconds))
         async with self._engine.begin() as conn:
             rows = (await conn.execute(update(payments).where(
                 payments.c.id.in_(ids), payments.c.state == old).values(
@@ -301,27 +316,34 @@ class PaymentStore:
                 .returning(payments.c.id))).scalars().all()
         return set(rows)
 
-    async def record_outcomes(self, writes: list[dict[str, Any]]) -> list[bool]:
-        """Several settlement outcomes in one durable write (group commit): each write is
-        the keyword arguments of :meth:`transition` plus `payment_id`, `old` and `new`, with
-        the same rules; one result per write (False: someone else moved the row first)."""
+    async def record_outcome(self, payment_id: str, old: str | Iterable[str], new: str, *,
+                             tx_hash: str | None = None, error: str | None = None,
+                             retry_after: float | None = None) -> bool:
+        """A settlement outcome: :meth:`transition` with these arguments, group-committed
+        with the outcomes (and, on SQLite, every other write) that arrive together: a
+        batch transaction's hundreds of outcomes share one durable write. False: someone
+        else moved the row first."""
+        w = dict(payment_id=payment_id, old=old, new=new, tx_hash=tx_hash, error=error,
+                 retry_after=retry_after)
         now = self._clock.now()
-        statements = []
-        for w in writes:
-            olds = [w["old"]] if isinstance(w["old"], str) else list(w["old"])
-            for o in olds:
-                check_transition(o, w["new"])
-            values: dict[str, Any] = {"state": w["new"], "updated_at": now}
-            if w.get("tx_hash") is not None:
-                values["tx_hash"] = w["tx_hash"]
-            if w.get("error") is not None:
-                values["error"] = w["error"]
-            if w.get("retry_after") is not None:
-                values["lease_owner"], values["lease_until"] = None, now + w["retry_after"]
-            if w["new"] in ("settled", "failed", "void"):
-                values["lease_owner"], values["lease_until"] = None, None
-            statements.append(update(payments).where(
-                payments.c.id == w["payment_id"], payments.c.state.in_(olds)).values(**values))
+        olds, values = _outcome_values(w, now)
+        if self._writer is not None:
+            return await self._writer.run(functools.partial(
+                units.transition, payment_id, olds, values, False))
+        return await self._outcomes.run((
+            payment_id, ",".join(olds), new, tx_hash, error,
+            None if retry_after is None else now + retry_after, now))
+
+    async def record_outcomes(self, writes: list[dict[str, Any]]) -> list[bool]:
+        """Several settlement outcomes in one durable write: each write is the keyword
+        arguments of :meth:`record_outcome`; one result per write (False: someone else
+        moved the row first)."""
+        now = self._clock.now()
+        moves = [(w["payment_id"], *_outcome_values(w, now)) for w in writes]
+        if self._writer is not None:
+            return await self._writer.run(functools.partial(sunits.outcomes, moves))
+        statements = [update(payments).where(payments.c.id == pid, payments.c.state.in_(olds))
+                      .values(**values) for pid, olds, values in moves]
         out = []
         async with self._engine.begin() as conn:
             for w, stmt in zip(writes, statements):
@@ -337,6 +359,10 @@ class PaymentStore:
         the hash (`lease` returns them as the row's `raw_tx`) and re-sends them."""
         ids = list(payment_ids)
         now = self._clock.now()
+        if self._writer is not None:
+            await self._writer.run(functools.partial(
+                sunits.persist_batch, ids, tx_hash, raw_tx.hex(), now))
+            return
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         async with self._engine.begin() as conn:
             await conn.execute(dialect.insert(settlement_txs).values(
@@ -363,6 +389,14 @@ class PaymentStore:
         soon as its lease lapses."""
         now = self._clock.now()
         states = list(states)
+        if self._writer is not None:
+            raw_rows, found = await self._writer.run(functools.partial(
+                sunits.lease, states, now, older_than, lease_seconds, limit, owner))
+            out = [PaymentRow.from_row(r) for r in raw_rows]
+            out = [dataclasses.replace(r, raw_tx=bytes.fromhex(found[r.tx_hash]))
+                   if r.raw_tx is None and r.tx_hash in found else r for r in out]
+            out.sort(key=lambda r: (r.valid_before is None, r.valid_before or 0))
+            return out
         free = or_(payments.c.lease_until.is_(None), payments.c.lease_until < now)
         async with self._engine.begin() as conn:
             ids = (await conn.execute(
@@ -386,6 +420,9 @@ class PaymentStore:
         ids = list(payment_ids)
         if not ids:
             return 0
+        if self._writer is not None:
+            return await self._writer.run(functools.partial(
+                sunits.renew, ids, owner, self._clock.now() + lease_seconds))
         async with self._engine.begin() as conn:
             res = await conn.execute(update(payments).where(
                 payments.c.id.in_(ids), payments.c.lease_owner == owner,
@@ -396,6 +433,9 @@ class PaymentStore:
     async def release(self, payment_id: str, retry_after: float | None = None) -> None:
         """Free the row now, or for anyone `retry_after` seconds from now."""
         until = None if retry_after is None else self._clock.now() + retry_after
+        if self._writer is not None:
+            await self._writer.run(functools.partial(sunits.release, payment_id, until))
+            return
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id)
                                .values(lease_until=until, lease_owner=None))
@@ -433,6 +473,9 @@ class PaymentStore:
 
     async def purge_responses(self, created_before: float) -> int:
         """Delete stored responses older than the retention limit; how many went."""
+        if self._writer is not None:
+            return await self._writer.run(functools.partial(
+                sunits.purge_responses, created_before))
         async with self._engine.begin() as conn:
             res = await conn.execute(payment_responses.delete().where(
                 payment_responses.c.created_at < created_before))
@@ -442,6 +485,9 @@ class PaymentStore:
         """Own the next origin call of a `before` payment whose last one failed (its
         `forward_until` is due): True for exactly one caller, who holds it until `until`
         (a crash then frees it again)."""
+        if self._writer is not None:
+            return await self._writer.run(functools.partial(
+                sunits.take_forward, payment_id, self._clock.now(), until))
         async with self._engine.begin() as conn:
             res = await conn.execute(update(payments).where(
                 payments.c.id == payment_id, payments.c.forward_until.is_not(None),
@@ -450,6 +496,9 @@ class PaymentStore:
 
     async def set_forward(self, payment_id: str, until: float | None) -> None:
         """`now`: the origin call failed, a retry may forward; None: served, no more."""
+        if self._writer is not None:
+            await self._writer.run(functools.partial(sunits.set_forward, payment_id, until))
+            return
         async with self._engine.begin() as conn:
             await conn.execute(update(payments).where(payments.c.id == payment_id)
                                .values(forward_until=until))
@@ -459,6 +508,23 @@ class PaymentStore:
             rows = (await conn.execute(select(payments.c.state, func.count()).group_by(
                 payments.c.state))).all()
         return {state: n for state, n in rows}
+
+
+def _outcome_values(w: dict[str, Any], now: float) -> tuple[list[str], dict[str, Any]]:
+    """The states a settlement outcome `w` may move from, and the columns it sets."""
+    olds = [w["old"]] if isinstance(w["old"], str) else list(w["old"])
+    for o in olds:
+        check_transition(o, w["new"])
+    values: dict[str, Any] = {"state": w["new"], "updated_at": now}
+    if w.get("tx_hash") is not None:
+        values["tx_hash"] = w["tx_hash"]
+    if w.get("error") is not None:
+        values["error"] = w["error"]
+    if w.get("retry_after") is not None:
+        values["lease_owner"], values["lease_until"] = None, now + w["retry_after"]
+    if w["new"] in ("settled", "failed", "void"):
+        values["lease_owner"], values["lease_until"] = None, None
+    return olds, values
 
 
 def _stored(row: Any) -> Stored:

@@ -131,6 +131,14 @@ def _pending_token_charges(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _work_index(conn: Connection) -> None:
+    """Version 15: the settlement worker's lease finds the payments in open states through
+    an index rather than a scan of every payment ever made (on SQLite it runs on the
+    group-commit writer, so a scan would hold up every claim behind it)."""
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_payments_work "
+                         "ON payments (state, valid_before)")
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "origin secrets", _create("origin_secrets")),
     Migration(2, "x402 payments and stored responses", _create("payments", "payment_responses")),
@@ -152,6 +160,7 @@ MIGRATIONS: list[Migration] = [
     Migration(13, "paid files", _create("paid_files")),
     Migration(14, "prepaid tokens: an index of pending charges, for the abandoned sweep",
               _pending_token_charges),
+    Migration(15, "payments: index for the settlement worker's lease", _work_index),
 ]
 
 

@@ -14,6 +14,10 @@ Contracts:
   or raises the error that failed the whole batch (nothing of it was kept then).
 - A batch that PostgreSQL aborts for a deadlock or a serialization failure (several
   instances batching over the same rows) is retried whole, up to `retries` times.
+- A batch cut off because the server went away (the connection was lost or refused,
+  or SQLSTATE class 08, 53 or 57P: shutting down, starting up, too many clients) raises
+  `sqlalchemy.exc.OperationalError` wrapping the driver's error, as SQLAlchemy's own
+  statements do: callers (the gateway's 503 `store_unavailable`) need not know asyncpg.
 - Extra statements that must commit with the change belong in the runner's statement
   (a data-modifying CTE, or the PL/pgSQL function it calls): one statement, one
   transaction, one round trip.
@@ -24,10 +28,29 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Sequence
 
+import sqlalchemy.exc
+
 Runner = Callable[[Any, Sequence[tuple]], Awaitable[Sequence[Any]]]
 
 _RETRY_STATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 _MAX_BATCH = 1024
+_UNAVAILABLE_STATES = ("08", "53", "57P")
+_LOST_CONNECTION = ("InterfaceError", "ConnectionDoesNotExistError")  # asyncpg's names
+
+
+def _as_unavailable(exc: Exception) -> Exception:
+    """The driver's error as SQLAlchemy's OperationalError when it means the server is not
+    there (see the module docstring); any other error as it is."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    gone = (isinstance(exc, OSError)
+            or (isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_STATES))
+            or any(c.__name__ in _LOST_CONNECTION and c.__module__.startswith("asyncpg")
+                   for c in type(exc).__mro__))
+    if not gone or isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        return exc
+    wrapped = sqlalchemy.exc.OperationalError("(batched statement)", None, exc)
+    wrapped.__cause__ = exc
+    return wrapped
 
 
 class PgBatch:
@@ -83,6 +106,7 @@ class PgBatch:
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) in _RETRY_STATES and attempt < self._retries:
                     continue
+                exc = _as_unavailable(exc)
                 for _item, future in batch:
                     if not future.done():
                         future.set_exception(exc)

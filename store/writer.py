@@ -25,6 +25,8 @@ Contracts:
   waits for the call's record, run with fsync), not the record itself.
 - A unit must not COMMIT, ROLLBACK or release savepoints it did not open, and must not
   await anything: it runs on the writer thread, away from the event loop.
+- Units are handed to the thread once per pass of the caller's event loop (all that pass's
+  units in one queue put): the thread is woken once per pass, not once per unit.
 
 Extra statements that must commit with a change (an outbox row, say) go inside the same
 unit: whatever the function does on the connection is part of the change.
@@ -75,7 +77,9 @@ class SqliteWriter:
         return await future
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        items = self._gathering.pop(loop)
+        items = self._gathering.pop(loop, None)
+        if not items:
+            return
         with self._lock:
             self._pending += len(items)
             self._queue.put(items)

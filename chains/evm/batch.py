@@ -33,9 +33,9 @@ import logging
 from dataclasses import dataclass, field
 
 from eth_abi import decode as abi_decode
-from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
+from chains.evm.eip712 import address_bytes, to_checksum_address  # (memoized)
 from chains.evm.rpc import RpcError, RpcUnavailable, from_hex, revert_reason, selector, to_hex
 from chains.evm.settle import (
     NonceConflict,
@@ -67,16 +67,32 @@ def intrinsic_gas(data: bytes) -> int:
     return 21_000 + 16 * (len(data) - zeros) + 4 * zeros
 
 
+def _word(value: int) -> bytes:
+    try:
+        return value.to_bytes(32, "big")
+    except OverflowError:  # negative, or 2**256 and above
+        raise ValueError(f"not a uint256: {value!r}") from None
+
+
+def _address_word(address: str) -> bytes:
+    return bytes(12) + address_bytes(address)
+
+
 def encode_batch(token: str, items: list[tuple[TransferAuthorization, bytes | str]]) -> bytes:
-    """Calldata for ``SettlementBatch.settle(token, authorizations)``."""
-    rows = []
+    """Calldata for ``SettlementBatch.settle(token, authorizations)``.
+
+    Encoded by hand (eth_abi cost ~200 us an item here): every field of the tuple is
+    static, so the ABI encoding is the token, the array's offset (64), its length, then
+    each tuple's nine 32-byte words in place (tests compare it with eth_abi's)."""
+    out = [BATCH_SETTLE, _address_word(token), _word(64), _word(len(items))]
     for auth, signature in items:
         if len(auth.nonce) != 32:
             raise ValueError("an EIP-3009 nonce is 32 bytes")
         v, r, s = split_signature(signature)
-        rows.append((to_checksum_address(auth.from_), to_checksum_address(auth.to), auth.value,
-                     auth.valid_after, auth.valid_before, auth.nonce, v, r, s))
-    return BATCH_SETTLE + abi_encode(["address", f"{_AUTH_TUPLE}[]"], [to_checksum_address(token), rows])
+        out += (_address_word(auth.from_), _address_word(auth.to), _word(auth.value),
+                _word(auth.valid_after), _word(auth.valid_before), bytes(auth.nonce), _word(v),
+                r, s)
+    return b"".join(out)
 
 
 @dataclass(eq=False)

@@ -214,6 +214,53 @@ class RpcClient:
             raise RpcUnavailable(f"{method}: HTTP {status} without result or error")
         return payload["result"]
 
+    @callstats.timed("evm_rpc")
+    async def call_batch(self, calls: list[tuple[str, list]]) -> list[Any]:
+        """Send several JSON-RPC requests in one batch (one HTTP round trip) and return, in
+        order, each one's ``result`` or its :class:`RpcError` (an error of one request does
+        not fail the others).
+
+        Raises RpcUnavailable for transport trouble, or when the answer is not a batch that
+        answers every request (a node without batch support): nothing can be concluded
+        about any of them then."""
+        first = next(self._ids)
+        for _ in range(len(calls) - 1):
+            next(self._ids)
+        body = [{"jsonrpc": "2.0", "id": first + i, "method": method, "params": list(params)}
+                for i, (method, params) in enumerate(calls)]
+        try:
+            async with self._session().post(self.url, json=body) as response:
+                status = response.status
+                raw = await response.read()
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise RpcUnavailable(f"batch: timed out talking to {self.url}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RpcUnavailable(f"batch: cannot reach {self.url}: {exc!r}") from exc
+        if status >= 500 or status == 429:
+            raise RpcUnavailable(f"batch: node answered HTTP {status}")
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise RpcUnavailable(f"batch: HTTP {status} with a non-JSON body") from exc
+        if not isinstance(payload, list):
+            raise RpcUnavailable("batch: the node did not answer with a JSON-RPC batch")
+        by_id = {item.get("id"): item for item in payload if isinstance(item, dict)}
+        out: list[Any] = []
+        for i in range(len(calls)):
+            item = by_id.get(first + i)
+            if item is None:
+                raise RpcUnavailable("batch: the node left a request unanswered")
+            error = item.get("error")
+            if error is not None:
+                out.append(RpcError(-32603, str(error)) if not isinstance(error, dict) else
+                           RpcError(int(error.get("code", -32603)), str(error.get("message", "")),
+                                    error.get("data")))
+            elif "result" not in item:
+                raise RpcUnavailable("batch: an answer without result or error")
+            else:
+                out.append(item["result"])
+        return out
+
     # ------------------------------------------------------------ chain state
 
     async def chain_id(self) -> int:

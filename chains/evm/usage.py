@@ -13,6 +13,7 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
+from chains.evm.eip712 import address_bytes
 from chains.evm.rpc import RpcClient, RpcError, from_hex, to_hex
 from chains.payments import SettleOutcome
 
@@ -50,8 +51,9 @@ def item_paid(logs: list[dict], token: str, auth: "TransferAuthorization") -> bo
 
 
 def payment_key(auth: "TransferAuthorization") -> tuple[str, str, str, int]:
-    return (to_checksum_address(auth.from_).lower(), to_hex(auth.nonce),
-            to_checksum_address(auth.to).lower(), auth.value)
+    # Lowercase hex of the validated 20 bytes (no checksum: one keccak less per item).
+    return ("0x" + address_bytes(auth.from_).hex(), to_hex(auth.nonce),
+            "0x" + address_bytes(auth.to).hex(), auth.value)
 
 
 def paid_authorizations(logs: list[dict], token: str) -> set[tuple[str, str, str, int]]:

@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from chains.evm.batch import BatchSettler
 from chains.evm.codec import parse_exact_evm_payload
+from chains.evm.reads import CoalescingReader
 from chains.evm.rpc import RpcClient, RpcUnavailable
 from chains.evm.settle import Settler, TransferAuthorization
 from chains.evm.usage import used_outcome
@@ -37,7 +38,10 @@ class EvmNetwork:
         self.chain_id = evm_chain_id(network)
         self.cfg = cfg
         self.rpc = RpcClient(cfg.rpc_url)
-        self.reader = CachedChainReader(self.rpc, ttl_seconds=cfg.rpc_cache_seconds)
+        # Payments verified in the same loop pass share one JSON-RPC round trip for their
+        # reads; the cache in front keeps only what can never admit a used nonce.
+        self.reads = CoalescingReader(self.rpc)
+        self.reader = CachedChainReader(self.reads, ttl_seconds=cfg.rpc_cache_seconds)
         self.settler: Settler | None = None
         self.batcher: BatchSettler | None = None  # with `batch_contract`
         self.facilitator: FacilitatorClient | None = None
@@ -77,6 +81,8 @@ class EvmChains:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.networks = {net: EvmNetwork(net, cfg) for net, cfg in config.evm.items()}
+        # (id(paygate), units) -> (paygate, requirements): see `requirements`.
+        self._offers: dict[tuple[int, int], tuple[Any, tuple[PaymentRequirements, ...]]] = {}
 
     async def check(self) -> None:
         """Warn (not fail) when a node is down at start-up; refuse a wrong chain id."""
@@ -104,6 +110,21 @@ class EvmChains:
     rail_name = "x402-evm"
 
     def requirements(self, priced: Priced) -> list[PaymentRequirements]:
+        """The offer for this paygate and unit count. Built once per (paygate, units): the
+        paygate config and the requirement models are frozen, and a paygate changed at
+        run time is a new object (its old entry is never returned for it)."""
+        pg = priced.paygate
+        key = (id(pg), priced.units)
+        hit = self._offers.get(key)
+        if hit is not None and hit[0] is pg:
+            return list(hit[1])
+        out = self._requirements(priced)
+        if len(self._offers) >= 1024:
+            self._offers.clear()
+        self._offers[key] = (pg, tuple(out))
+        return out
+
+    def _requirements(self, priced: Priced) -> list[PaymentRequirements]:
         pg = priced.paygate
         out = []
         for asset_id in pg.prices:

@@ -34,7 +34,7 @@ from chains.x402 import (
     declare_payment_identifier,
     decode_header,
     encode_header,
-    parse_payment_header,
+    parse_payment_payload,
     payment_identifier,
     select_requirement,
 )
@@ -48,7 +48,6 @@ from gateway.rails.base import (
     Priced,
     StoredResponse,
 )
-from gateway.rails.x402_outcomes import GroupWriter
 from gateway.rails.x402_replay import RETRY_NOTE, Replays, client_digest, request_digest
 from gateway.rails.x402_replay import receipt_headers as _receipt_headers
 from store.clock import Clock
@@ -135,8 +134,6 @@ class X402Rail:
         self.store = store
         self.clock = clock
         self._inflight: set[asyncio.Task] = set()
-        # Outcomes of settlements that finish together (a batch) commit together.
-        self._outcomes: GroupWriter[dict, bool] = GroupWriter(store.record_outcomes)
 
     def offer(self, priced: Priced) -> Offer:
         # Advertise the payment-identifier extension: clients may send an id that makes
@@ -150,13 +147,13 @@ class X402Rail:
     async def accept(self, request: PaidRequest, priced: Priced) -> Charge | StoredResponse:
         raw = next(request.headers[h] for h in PAYMENT_HEADERS if h in request.headers)
         try:
-            payment = parse_payment_header(raw)
+            decoded = decode_header(raw)  # once: the payment and its fingerprint share it
+            payment = parse_payment_payload(decoded, raw=raw)
             req = select_requirement(payment, self.scheme.requirements(priced))
             pid = payment_identifier(payment.extensions)
             vp = self.scheme.verify(payment, req, self.clock.now())
         except X402Error as exc:
             raise PaymentRejected(exc.reason, exc.message) from None
-        decoded = decode_header(raw)
         fp = fingerprint({k: v for k, v in decoded.items() if k != "resource"})
         pg = priced.paygate
         digest = await request_digest(request)
@@ -307,10 +304,12 @@ class X402Rail:
         if outcome.state == "unknown":
             log.warning("settlement of %s is unknown (%s); the worker will reconcile it",
                         row_id, outcome.detail or outcome.reason)
-        await self._outcomes.write(dict(
-            payment_id=row_id, old=old, new=outcome.state, tx_hash=outcome.tx_hash,
+        # Outcomes of settlements that finish together (a batch) commit together: the
+        # store group-commits them.
+        await self.store.record_outcome(
+            row_id, old, outcome.state, tx_hash=outcome.tx_hash,
             error=outcome.reason if outcome.state != "settled" else None,
-            retry_after=UNKNOWN_RECHECK_SECONDS if outcome.state == "unknown" else None))
+            retry_after=UNKNOWN_RECHECK_SECONDS if outcome.state == "unknown" else None)
 
     # -- background settlement: deferred queue, unknown outcomes, crashed attempts --------
 

@@ -396,6 +396,30 @@ async def test_nonce_used_on_chain_elsewhere_is_refused(paid, http, evm_devnet, 
     assert o.requests == []
 
 
+async def test_nonce_used_elsewhere_is_refused_among_concurrent_valid_payments(
+        paid, http, evm_devnet, evm_settler_for):
+    """Payments verified together share one chain read round trip; the one whose
+    authorization someone else already used is still refused, the others served."""
+    g, o = await paid(settlement="deferred")
+    req = await challenge_req(http, g.url + "/sky/v1/flights")
+    headers = [sign_payment(evm_devnet, evm_devnet.payers[i % 3], req) for i in range(8)]
+    await evm_settler_for.settle_header(headers[5])  # someone else settles this one first
+    reads = g.gw.rails["x402-evm"].scheme.network(evm_devnet.network).reads
+    trips = reads.round_trips
+
+    async def call(header: str):
+        async with http.get(g.url + "/sky/v1/flights", headers={"PAYMENT-SIGNATURE": header}) as r:
+            return r.status, (await r.json()).get("error") if r.status == 402 else None
+
+    got = await asyncio.gather(*(call(h) for h in headers))
+    assert got == [(200, None)] * 5 + [(402, "invalid_exact_evm_nonce_already_used")] + \
+        [(200, None)] * 2
+    assert len(o.requests) == 7
+    assert reads.round_trips - trips <= 8  # (shared when the requests land in one pass)
+    counts = await store_of(g).counts()  # (the worker may be settling them already)
+    assert sum(counts.values()) == 7 and set(counts) <= {"queued", "settling", "settled"}
+
+
 async def test_nonce_reused_with_another_payload_is_refused(paid, http, evm_devnet):
     g, o = await paid()
     req = await challenge_req(http, g.url + "/sky/v1/flights")

@@ -129,3 +129,37 @@ async def test_crash_after_persisting_a_batch_resends_the_same_bytes(evm_devnet,
     for auth, _ in signed:
         done = await restarted.reconcile(token, auth, tx_hash, raw)
         assert (done.state, done.tx_hash) == ("settled", tx_hash)
+
+
+def test_batch_calldata_is_the_abi_encoding():
+    """The hand-made calldata equals eth_abi's encoding of the same call, v of 0/1 and
+    mixed-case addresses included; bad values are refused, not wrapped."""
+    import os
+
+    from eth_abi import encode as abi_encode
+
+    from chains.evm.batch import BATCH_SETTLE, encode_batch
+    from chains.evm.eip712 import to_checksum_address
+    from chains.evm.settle import TransferAuthorization, split_signature
+
+    token = "0x" + os.urandom(20).hex().upper()[:-1] + "a"
+    items = []
+    for i in range(5):
+        auth = TransferAuthorization("0x" + os.urandom(20).hex(), "0x" + os.urandom(20).hex(),
+                                     2**256 - 1 - i, i, 2**40 + i, os.urandom(32))
+        items.append((auth, os.urandom(64) + bytes([i % 2 if i < 2 else 27 + i % 2])))
+    rows = [(to_checksum_address(a.from_), to_checksum_address(a.to), a.value, a.valid_after,
+             a.valid_before, a.nonce, *split_signature(s)) for a, s in items]
+    want = BATCH_SETTLE + abi_encode(
+        ["address", "(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)[]"],
+        [to_checksum_address(token), rows])
+    assert encode_batch(token, items) == want
+    assert encode_batch(token, []) == BATCH_SETTLE + abi_encode(
+        ["address", "(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)[]"],
+        [to_checksum_address(token), []])
+    bad = TransferAuthorization(items[0][0].from_, items[0][0].to, 2**256, 0, 1, os.urandom(32))
+    with pytest.raises(ValueError):
+        encode_batch(token, [(bad, items[0][1])])
+    with pytest.raises(ValueError):
+        encode_batch(token, [(items[0][0].__class__(*[*items[0][0].__dict__.values()][:5], b"1"),
+                              items[0][1])])
