@@ -80,8 +80,12 @@ _STORE_RESPONSE = (
     "body_kept, body_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 
 
-def store_response(row: tuple, conn: sqlite3.Connection) -> None:
+def store_response(row: tuple, conn: sqlite3.Connection, *, queue: bool = False) -> None:
+    """The stored response; with `queue`, the payment (still `verified`) moves to `queued`
+    in the same unit."""
     conn.execute(_STORE_RESPONSE, row)
+    if queue:
+        transition(row[0], ["verified"], {"state": "queued", "updated_at": row[5]}, False, conn)
 
 
 # -- PostgreSQL batch runners (store.pgbatch) ----------------------------------------------

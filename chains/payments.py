@@ -219,8 +219,10 @@ class PaymentStore:
             raise StatementError(str(exc), "INSERT INTO payments", None, exc) from exc
         if self._writer is not None:
             try:
+                # committed, not yet fsynced: nothing is answered before the call's
+                # record, which is (store.writer); a crash of the process loses nothing
                 owned = await self._writer.run(functools.partial(
-                    units.claim, values, exposure_limit))
+                    units.claim, values, exposure_limit), fsync=False)
             except units.OverExposed:
                 return None
             return pid if owned else None
@@ -442,16 +444,22 @@ class PaymentStore:
 
     async def store_response(self, payment_id: str, status: int, headers: list[tuple[str, str]],
                              body: bytes, complete: bool, *, body_kept: bool = True,
-                             body_size: int | None = None) -> None:
+                             body_size: int | None = None, queue: bool = False) -> None:
         """Remember what was served for this payment (first writer wins). With
-        `body_kept=False` only the fact is kept: `body` is dropped (it was too large)."""
+        `body_kept=False` only the fact is kept: `body` is dropped (it was too large).
+        With `queue`, a `verified` deferred payment moves to `queued` in the same write
+        (on PostgreSQL: right after it; a crash between leaves a served `verified` row,
+        which the worker settles)."""
+        now = self._clock.now()
         row = (payment_id, status, json.dumps(headers), body if body_kept else b"",
-               int(complete), self._clock.now(), int(body_kept),
+               int(complete), now, int(body_kept),
                len(body) if body_size is None else body_size)
         if self._writer is not None:
-            await self._writer.run(functools.partial(units.store_response, row))
-        else:
-            await self._responses.run(row)
+            await self._writer.run(functools.partial(units.store_response, row, queue=queue))
+            return
+        await self._responses.run(row)
+        if queue:
+            await self._moves.run((payment_id, "verified", "queued", now))
 
     async def response(self, payment_id: str) -> Stored | None:
         async with self._engine.connect() as conn:

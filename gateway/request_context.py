@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass
 
@@ -116,23 +115,7 @@ def store_down(exc: BaseException) -> Unavailable | None:
     if isinstance(exc, (ConnectionRefusedError, ConnectionResetError)):
         # asyncpg's connect raises these unwrapped when the server is not there
         return _store_down(exc)
-    if _raw_driver_down(exc):
-        return _store_down(exc)
     return None
-
-
-def _raw_driver_down(exc: BaseException) -> bool:
-    """asyncpg's own errors, from the hot paths that use it without SQLAlchemy
-    (store.pgbatch): a connection lost mid-statement (the server shut down or restarted),
-    or a server error whose SQLSTATE says it is not taking work."""
-    for candidate in (exc, exc.__cause__):
-        code = getattr(candidate, "sqlstate", None)
-        if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATES):
-            return True
-    asyncpg = sys.modules.get("asyncpg")  # loaded only where PostgreSQL is in use
-    return asyncpg is not None and isinstance(
-        exc, (asyncpg.exceptions.ConnectionDoesNotExistError,
-              asyncpg.exceptions.ConnectionFailureError))
 
 
 # SQLSTATE classes that mean "the server is not taking work", not "your statement is

@@ -106,6 +106,7 @@ class _Handle:
         self.stored = stored
         self.receipt: dict[str, str] = {}
         self.retry = False  # `before`, origin failed: nothing to store, a retry forwards
+        self.queue = False  # `deferred`, served: queued for settlement with its record
 
 
 def fingerprint(decoded: dict[str, Any]) -> str:
@@ -245,7 +246,10 @@ class X402Rail:
                 success=False, network=h.network, payer=h.payer,
                 error_reason="not_settled_origin_failed"))
         if pg.settlement == "deferred":
-            await self.store.transition(h.row_id, "verified", "queued")
+            # Queued in the same durable write as the record of what was served (`record`),
+            # which the caller's last bytes wait for: a call that dies before it leaves the
+            # payment `verified`, unserved, and the worker voids it.
+            h.queue = True
             return _receipt_headers(SettleResponse(success=True, network=h.network, payer=h.payer))
         outcome = await self._settle(h, ("verified",))
         if outcome.state == "failed":
@@ -257,7 +261,7 @@ class X402Rail:
         h: _Handle = charge.ref
         if h.retry:
             return  # not served: nothing to replay, a retry forwards again
-        await self.replays.record(h.row_id, response)
+        await self.replays.record(h.row_id, response, queue=h.queue)
         if h.priced is not None and h.priced.paygate.settlement == "before":
             await self.store.set_forward(h.row_id, None)  # served: no more forwards
 

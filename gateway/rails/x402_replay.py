@@ -143,14 +143,15 @@ class Replays:
             await asyncio.sleep(interval)
             interval = min(interval * 1.5, 0.5)
 
-    async def record(self, row_id: str, response: StoredResponse) -> None:
-        """Keep what was served (the body only up to the size limit); now and then,
-        delete what is past retention."""
+    async def record(self, row_id: str, response: StoredResponse, *, queue: bool = False) -> None:
+        """Keep what was served (the body only up to the size limit) and, with `queue`,
+        queue the payment for settlement in the same write; now and then, delete what is
+        past retention."""
         size = response.body_size if response.body_size is not None else len(response.body)
         kept = response.body_kept and size <= self.max_bytes
         await self.store.store_response(row_id, response.status, response.headers,
                                         response.body, response.complete, body_kept=kept,
-                                        body_size=size)
+                                        body_size=size, queue=queue)
         now = self.clock.now()
         if now >= self._next_purge:
             self._next_purge = now + min(60.0, self.retention)

@@ -367,11 +367,11 @@ IN_FLIGHT = 6
 @pytest.mark.parametrize("when", ["before_the_answer", "during_the_body"])
 async def test_store_down_while_the_origin_answers_never_hands_over_an_unrecorded_answer(
         postgres_server, evm_devnet, http, tmp_path, when):
-    """A payment is claimed, then PostgreSQL stops while the origin is answering, so the
-    gateway cannot record the call. Before the answer: the caller gets the store's 503 and
-    the payment is never settled. During a streamed body: the caller never gets the whole
-    answer (its last bytes wait for the record, which fails), so nobody can hold a paid
-    answer the store does not know was served."""
+    """A deferred payment is claimed, then PostgreSQL stops while the origin is answering,
+    so the gateway cannot record the call. Before the answer: the caller gets the store's
+    503. During a streamed body: the caller never gets the whole answer (its last bytes
+    wait for the record, which fails). Either way the payment was never queued (that goes
+    with the record), so it is never settled: nobody pays for an answer not served."""
     size = 300_000
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -418,11 +418,11 @@ async def test_store_down_while_the_origin_answers_never_hands_over_an_unrecorde
             if when == "before_the_answer":
                 assert status == 503 and json.loads(got)["error"] == "store_unavailable"
             await asyncio.to_thread(postgres_server.resume)
-            if when == "before_the_answer":
-                await asyncio.sleep(2)  # ten settlement passes
-                got_rows = await rows(db_url, select(payments.c.state))
-                assert [r.state for r in got_rows] == ["verified"]  # voided once abandoned
-                assert token_balance(evm_devnet, merchant) == before
+            await asyncio.sleep(2)  # ten settlement passes
+            got_rows = await rows(db_url, select(payments.c.state))
+            # not served, so never queued: voided once abandoned, never settled
+            assert [r.state for r in got_rows] == ["verified"]
+            assert token_balance(evm_devnet, merchant) == before
     finally:
         if postgres_server.process is None:
             postgres_server.resume()

@@ -11,7 +11,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import error_middleware
-from gateway.request_context import inner
 from store.pgbatch import PgBatch
 from tests.store.test_store import pg_engine, postgres  # noqa: F401
 
@@ -42,7 +41,7 @@ async def test_the_gateway_answers_503_for_it(pg_engine):  # noqa: F811
         await batch.run(("x",))
         return web.json_response({})
 
-    app = web.Application(middlewares=[error_middleware, inner])
+    app = web.Application(middlewares=[error_middleware])
     app.router.add_get("/", handler)
     async with TestClient(TestServer(app)) as client:
         r = await client.get("/")
