@@ -39,8 +39,8 @@ from gateway.rails.base import (
     StoredResponse,
 )
 from gateway.routing import Match, path_problem, strip_prefix
-from gateway.upstream import UpstreamBroken, UpstreamFailed, UpstreamResponse
 from gateway.state import GATEWAY, Gateway
+from gateway.upstream import UpstreamBroken, UpstreamFailed, UpstreamResponse
 
 log = logging.getLogger("tollgate.proxy")
 
@@ -267,9 +267,9 @@ def _refused_target(exc: Exception):
 async def _stream_back(request: web.Request, upstream: UpstreamResponse, cap: int,
                        receipt: dict[str, str], charge: Charge | None, rail) -> web.StreamResponse:
     # HEAD, 204 and 304 answers carry no body but may announce one's length: streamed.
-    whole = (upstream.body_if_complete()
+    whole = (upstream.body_if_complete(cap)
              if request.method != "HEAD" and upstream.status not in (204, 304) else None)
-    if whole is not None and len(whole) <= cap:
+    if whole is not None:
         return await _send_whole(request, upstream, whole, receipt, charge, rail)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     resp.headers.update(forward.response_headers_for_client(upstream.headers.items()))

@@ -242,10 +242,11 @@ class UpstreamResponse:
                 raise UpstreamFailed(self._error)
             await self._wait("the origin's response")
 
-    def body_if_complete(self) -> bytes | None:
-        """The whole body when all of it has arrived already (typical for small answers),
-        else None; the chunks are then consumed."""
-        if not self._complete or self._error is not None:
+    def body_if_complete(self, limit: int) -> bytes | None:
+        """The whole body when all of it has arrived already (typical for small answers)
+        and is at most `limit` bytes; the chunks are then consumed. Else None, and
+        nothing is consumed."""
+        if not self._complete or self._error is not None or self._buffered > limit:
             return None
         body = b"".join(self._chunks)
         self._chunks.clear()

@@ -231,3 +231,16 @@ async def test_request_head_carries_no_client_framing_or_expect(raw_origin, gate
     assert names.count("content-length") == 1 and names.count("host") == 1
     assert "x-custom" in names and "expect" not in names
     assert body == b"abcd"
+
+
+async def test_a_whole_chunked_answer_over_the_cap_is_never_served_as_complete(
+        raw_origin, gateway, http):
+    body = b"x" * 500  # arrives whole in one read, with no Content-Length to refuse early
+    o = await raw_origin(lambda head, b, n: (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body), False))
+    gw = await gateway(config(o.url, max_response_bytes=100))
+    async with asyncio.timeout(HANG_GUARD):
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+            async with http.get(f"{gw.url}/api/x") as resp:
+                await resp.read()
