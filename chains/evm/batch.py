@@ -129,7 +129,8 @@ class BatchSettler:
     """Batches :meth:`settle` calls for one batch contract; sends with ``settler``'s key."""
 
     def __init__(self, settler: Settler, contract: str, *, max_items: int = 200,
-                 linger: float = 0.02, receipt_timeout: float = 30.0) -> None:
+                 linger: float = 0.02, receipt_timeout: float = 30.0,
+                 max_in_flight: int = 4) -> None:
         self.settler = settler
         self.rpc = settler.rpc
         self.contract = to_checksum_address(contract)
@@ -140,6 +141,10 @@ class BatchSettler:
         self._full = asyncio.Event()
         self._flusher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        # Batches sent and not yet mined, at most `max_in_flight` (about a block's worth at
+        # the default sizes): each is priced when it is sent, so none waits behind a long
+        # train of others while full blocks raise the base fee past its max fee.
+        self._in_flight = asyncio.Semaphore(max(1, max_in_flight))
         self.batches_sent = 0  # counters for benches and logs
         self.items_sent = 0
 
@@ -170,13 +175,17 @@ class BatchSettler:
             batch = [it for it in self._pending if it.token == token][: self.max_items]
             taken = set(map(id, batch))
             self._pending = [it for it in self._pending if id(it) not in taken]
+            await self._in_flight.acquire()  # released when the batch is mined (or given up)
             try:
-                await self._submit(token, batch)
+                if not await self._submit(token, batch):
+                    self._in_flight.release()
             except Exception as exc:  # persist refused, or a bug: those callers learn it
+                self._in_flight.release()
                 log.exception("settlement batch of %d failed before it was sent", len(batch))
                 for it in batch:
                     it.fail(exc)
             except BaseException as exc:
+                self._in_flight.release()
                 for it in batch + self._pending:
                     it.fail(exc)
                 raise
@@ -186,7 +195,8 @@ class BatchSettler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _submit(self, token: str, batch: list[_Item]) -> None:
+    async def _submit(self, token: str, batch: list[_Item]) -> bool:
+        """Send one batch; True when a transaction went out (its watcher frees the slot)."""
         data = encode_batch(token, [(it.auth, it.signature) for it in batch])
         gas = BATCH_BASE_GAS + GAS_PER_ITEM * len(batch)
         if self.settler.simulate:
@@ -195,19 +205,19 @@ class BatchSettler:
             except RpcUnavailable as exc:  # nothing was sent
                 for it in batch:
                     it.resolve(SettleOutcome("unknown", None, SETTLEMENT_PENDING, f"node unavailable: {exc}"))
-                return
+                return False
             except RpcError as exc:  # the batch call itself reverts (not a token?)
                 for it in batch:
                     it.resolve(SettleOutcome("failed", None, "unexpected_settle_error",
                                              f"batch simulation reverted: {exc}"))
-                return
+                return False
             for it, ok in zip(batch, flags):
                 if not ok:  # its own reason, or sent alone if the chain changed since
                     self._spawn(self._single(it))
             if not all(flags):
                 batch = [it for it, ok in zip(batch, flags) if ok]
                 if not batch:
-                    return
+                    return False
                 data = encode_batch(token, [(it.auth, it.signature) for it in batch])
             # What the loop used in the simulation (the refused items included: an upper
             # bound for the rest), with room for state that changes before it is mined.
@@ -218,7 +228,7 @@ class BatchSettler:
         except RpcUnavailable as exc:
             for it in batch:
                 it.resolve(SettleOutcome("unknown", None, SETTLEMENT_PENDING, f"node unavailable: {exc}"))
-            return
+            return False
         tx = {"type": 2, "chainId": chain_id, "to": self.contract, "value": 0, "data": data,
               "gas": gas, "maxFeePerGas": fees.max_fee_per_gas,
               "maxPriorityFeePerGas": fees.max_priority_fee_per_gas}
@@ -231,19 +241,20 @@ class BatchSettler:
         except (SendUncertain, NonceConflict) as exc:
             for it in batch:
                 it.resolve(SettleOutcome("unknown", exc.tx_hash, SETTLEMENT_PENDING, str(exc)))
-            return
+            return False
         except RpcUnavailable as exc:  # before anything was signed
             for it in batch:
                 it.resolve(SettleOutcome("unknown", None, SETTLEMENT_PENDING, f"node unavailable: {exc}"))
-            return
+            return False
         except RpcError as exc:
             for it in batch:
                 it.resolve(SettleOutcome("failed", None, "unexpected_settle_error",
                                          f"node refused the transaction: {exc}"))
-            return
+            return False
         self.batches_sent += 1
         self.items_sent += len(batch)
         self._spawn(self._watch(tx_hash, token, batch))
+        return True
 
     async def _simulate(self, data: bytes) -> tuple[list[bool], int]:
         """Per-item flags and the gas the loop used, from an eth_call of the batch."""
@@ -261,6 +272,12 @@ class BatchSettler:
             it.fail(exc)
 
     async def _watch(self, tx_hash: str, token: str, batch: list[_Item]) -> None:
+        try:
+            await self._watch_one(tx_hash, token, batch)
+        finally:
+            self._in_flight.release()
+
+    async def _watch_one(self, tx_hash: str, token: str, batch: list[_Item]) -> None:
         try:
             receipt = await self.settler.wait_receipt(tx_hash, self.receipt_timeout)
             if receipt is None:

@@ -163,3 +163,31 @@ def test_batch_calldata_is_the_abi_encoding():
     with pytest.raises(ValueError):
         encode_batch(token, [(items[0][0].__class__(*[*items[0][0].__dict__.values()][:5], b"1"),
                               items[0][1])])
+
+
+async def test_no_more_batches_wait_unmined_than_the_in_flight_window(
+        evm_devnet, evm_rpc, sign_authorization):
+    """A backlog is not sent as one long train of transactions priced at today's base fee
+    (under full blocks the base fee rises 12.5 % a block, and a transaction waiting behind
+    too many others ends up under it, stuck): at most `max_in_flight` batches wait
+    unmined; the next is priced and sent when one is mined."""
+    from tests.gateway.test_x402_settlement import automine_off
+
+    token, settler = evm_devnet.token_address, evm_devnet.settler.address
+    signed = [sign_authorization(evm_devnet.payers[i % 3], 7) for i in range(8)]
+    batcher = BatchSettler(Settler(evm_rpc, evm_devnet.settler.private_key),
+                           evm_devnet.batch_address, max_items=2, receipt_timeout=20,
+                           max_in_flight=2)
+    with automine_off(evm_devnet):
+        mined = await evm_rpc.call("eth_getTransactionCount", [settler, "latest"])
+        tasks = [asyncio.ensure_future(batcher.settle(token, a, s)) for a, s in signed]
+        waiting = []
+        for _ in range(4):
+            await asyncio.sleep(0.6)
+            pending = await evm_rpc.call("eth_getTransactionCount", [settler, "pending"])
+            waiting.append(int(pending, 16) - int(mined, 16))
+            evm_devnet.request("evm_mine")
+            mined = await evm_rpc.call("eth_getTransactionCount", [settler, "latest"])
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert max(waiting) == 2, waiting
+    assert [o.state for o in outcomes] == ["settled"] * 8 and batcher.batches_sent == 4
