@@ -244,3 +244,75 @@ async def test_a_whole_chunked_answer_over_the_cap_is_never_served_as_complete(
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
             async with http.get(f"{gw.url}/api/x") as resp:
                 await resp.read()
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 (IP SAN) and its key, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tollgate test origin")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "origin.pem", tmp_path / "origin.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+async def _tls_origin(cert_file, key_file):
+    import ssl
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def handler(request):
+        return web.json_response({"path": request.path, "tls": request.secure})
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server(ssl=ctx)
+    return server
+
+
+async def test_an_https_origin_is_verified_and_kept_alive(gateway, http, tmp_path, monkeypatch):
+    cert_file, key_file = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # the gateway trusts this origin's CA
+    server = await _tls_origin(cert_file, key_file)
+    try:
+        gw = await gateway(config(f"https://127.0.0.1:{server.port}"))
+        for _ in range(3):
+            async with http.get(f"{gw.url}/api/secure") as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"path": "/secure", "tls": True}
+    finally:
+        await server.close()
+
+
+async def test_an_https_origin_with_an_untrusted_certificate_is_502(gateway, http, tmp_path):
+    cert_file, key_file = _self_signed(tmp_path)  # SSL_CERT_FILE not set: not trusted
+    server = await _tls_origin(cert_file, key_file)
+    try:
+        gw = await gateway(config(f"https://127.0.0.1:{server.port}"))
+        async with http.get(f"{gw.url}/api/secure") as resp:
+            assert resp.status == 502
+            assert (await resp.json())["error"] == "upstream_error"
+    finally:
+        await server.close()
