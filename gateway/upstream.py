@@ -76,7 +76,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         resp, parser = self._resp, self._parser
-        if resp is None:  # bytes nobody asked for: the connection is unusable
+        if resp is None or resp._complete:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
         resp._got_bytes = True
@@ -111,13 +111,25 @@ class _Conn(asyncio.Protocol):
             waiter.set_result(None)
 
     # -- httptools callbacks (while a response is being read)
+    def _unasked(self) -> bool:
+        """A message after the answer was complete (an origin answering twice, or
+        pipelining gone wrong): nothing of it may reach anyone; the connection is dropped."""
+        if self._resp is None or self._resp._complete:
+            self.close()
+            return True
+        return False
+
     def on_status(self, status: bytes) -> None:
-        self._resp._reason += status
+        if not self._unasked():
+            self._resp._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._resp._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self._unasked():
+            self._resp._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self._unasked():
+            return
         resp, parser = self._resp, self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # interim: the real answer follows

@@ -316,3 +316,17 @@ async def test_an_https_origin_with_an_untrusted_certificate_is_502(gateway, htt
             assert (await resp.json())["error"] == "upstream_error"
     finally:
         await server.close()
+
+
+async def test_bytes_after_a_complete_answer_never_reach_a_later_call(raw_origin, gateway, http):
+    """An origin that sends a second, unasked-for answer after the first: the connection
+    is dropped, and the next call gets its own answer on a new connection."""
+    o = await raw_origin(lambda head, body, n: (
+        ok(b"answer %d" % n) + (ok(b"smuggled") if n == 0 else b""), False))
+    gw = await gateway(config(o.url))
+    async with http.get(f"{gw.url}/api/x") as resp:
+        assert await resp.read() == b"answer 0"
+    await asyncio.sleep(0.05)
+    async with http.get(f"{gw.url}/api/x") as resp:
+        assert await resp.read() == b"answer 1"
+    assert o.connections == 2
