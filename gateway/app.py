@@ -12,7 +12,6 @@ import os
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from gateway import (admin, authorize, checkout, facilitator, files_serve, health, metrics, proxy,
@@ -80,9 +79,6 @@ def _lifecycle(config: Config, clock: Clock):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(config.database.url)
         resolver = GuardedResolver(_private_ok(config))
-        http = aiohttp.ClientSession(
-            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, resolver=resolver))
         try:
             if is_sqlite(engine):
                 await migrations.migrate(engine)
@@ -100,7 +96,7 @@ def _lifecycle(config: Config, clock: Clock):
                             f"{pg.origin_auth.secret_env} is not set")
                 await secret_store.ensure(pg.id, wanted, pg.origin_auth.rotation_grace_seconds)
             gw = Gateway(config=config, router=Router(config.paygates), engine=engine,
-                         secret_store=secret_store, clock=clock, http=http, resolver=resolver,
+                         secret_store=secret_store, clock=clock, resolver=resolver,
                          origins=OriginPool(resolver))
             app[GATEWAY] = gw  # first, so a failure below still closes what was started
             await evm_chains(gw)
@@ -118,7 +114,6 @@ def _lifecycle(config: Config, clock: Clock):
                 await gw_state.hedera.aclose()
             if gw_state is not None and gw_state.origins is not None:
                 await gw_state.origins.close()
-            await http.close()
             await engine.dispose()
     return ctx
 

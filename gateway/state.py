@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,11 +28,10 @@ class Gateway:
     engine: AsyncEngine
     secret_store: SecretStore
     clock: Clock
-    http: aiohttp.ClientSession
     rails: dict[str, Rail] = field(default_factory=dict)
     evm: Any = None  # gateway.rails.evm.EvmChains when [evm] networks are configured
     hedera: Any = None  # gateway.rails.registry.HederaLink when a Hedera rail is configured
-    resolver: Any = None  # gateway.forward.GuardedResolver of `http` (runtime paygates widen it)
+    resolver: Any = None  # gateway.forward.GuardedResolver of `origins` (runtime paygates widen it)
     origins: Any = None  # gateway.upstream.OriginPool: the proxy's connections to origins
     _secrets: dict[str, tuple[float, OriginSecrets]] = field(default_factory=dict)
     _secret_reads: dict[str, asyncio.Task] = field(default_factory=dict)
