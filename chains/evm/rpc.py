@@ -70,6 +70,14 @@ class RpcError(Exception):
         return self.code == 3 or "revert" in self.message.lower()
 
 
+def _rpc_error(error: Any) -> RpcError:
+    """A JSON-RPC error object as RpcError (a malformed one as an internal error)."""
+    if not isinstance(error, dict):
+        return RpcError(-32603, str(error))
+    return RpcError(int(error.get("code", -32603)), str(error.get("message", "")),
+                    error.get("data"))
+
+
 @dataclass(frozen=True)
 class FeeEstimate:
     """EIP-1559 fee caps in wei."""
@@ -189,27 +197,11 @@ class RpcClient:
         """
         request_id = next(self._ids)
         body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
-        try:
-            async with self._session().post(self.url, json=body) as response:
-                status = response.status
-                raw = await response.read()
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            raise RpcUnavailable(f"{method}: timed out talking to {self.url}") from exc
-        except (aiohttp.ClientError, OSError) as exc:  # connect errors, resets, bad HTTP
-            raise RpcUnavailable(f"{method}: cannot reach {self.url}: {exc!r}") from exc
-        if status >= 500 or status == 429:
-            raise RpcUnavailable(f"{method}: node answered HTTP {status}")
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            raise RpcUnavailable(f"{method}: HTTP {status} with a non-JSON body") from exc
+        status, payload = await self._post(method, body)
         if not isinstance(payload, dict):
             raise RpcUnavailable(f"{method}: unexpected JSON-RPC payload")
-        error = payload.get("error")
-        if error is not None:
-            if not isinstance(error, dict):
-                raise RpcError(-32603, str(error))
-            raise RpcError(int(error.get("code", -32603)), str(error.get("message", "")), error.get("data"))
+        if payload.get("error") is not None:
+            raise _rpc_error(payload["error"])
         if "result" not in payload:
             raise RpcUnavailable(f"{method}: HTTP {status} without result or error")
         return payload["result"]
@@ -228,20 +220,7 @@ class RpcClient:
             next(self._ids)
         body = [{"jsonrpc": "2.0", "id": first + i, "method": method, "params": list(params)}
                 for i, (method, params) in enumerate(calls)]
-        try:
-            async with self._session().post(self.url, json=body) as response:
-                status = response.status
-                raw = await response.read()
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            raise RpcUnavailable(f"batch: timed out talking to {self.url}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise RpcUnavailable(f"batch: cannot reach {self.url}: {exc!r}") from exc
-        if status >= 500 or status == 429:
-            raise RpcUnavailable(f"batch: node answered HTTP {status}")
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            raise RpcUnavailable(f"batch: HTTP {status} with a non-JSON body") from exc
+        _status, payload = await self._post("batch", body)
         if not isinstance(payload, list):
             raise RpcUnavailable("batch: the node did not answer with a JSON-RPC batch")
         by_id = {item.get("id"): item for item in payload if isinstance(item, dict)}
@@ -250,16 +229,31 @@ class RpcClient:
             item = by_id.get(first + i)
             if item is None:
                 raise RpcUnavailable("batch: the node left a request unanswered")
-            error = item.get("error")
-            if error is not None:
-                out.append(RpcError(-32603, str(error)) if not isinstance(error, dict) else
-                           RpcError(int(error.get("code", -32603)), str(error.get("message", "")),
-                                    error.get("data")))
+            if item.get("error") is not None:
+                out.append(_rpc_error(item["error"]))
             elif "result" not in item:
                 raise RpcUnavailable("batch: an answer without result or error")
             else:
                 out.append(item["result"])
         return out
+
+    async def _post(self, label: str, body: Any) -> tuple[int, Any]:
+        """POST a JSON-RPC body; (HTTP status, decoded JSON). RpcUnavailable for timeouts,
+        connection trouble, 5xx/429 and bodies that are not JSON; `label` names the call."""
+        try:
+            async with self._session().post(self.url, json=body) as response:
+                status = response.status
+                raw = await response.read()
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise RpcUnavailable(f"{label}: timed out talking to {self.url}") from exc
+        except (aiohttp.ClientError, OSError) as exc:  # connect errors, resets, bad HTTP
+            raise RpcUnavailable(f"{label}: cannot reach {self.url}: {exc!r}") from exc
+        if status >= 500 or status == 429:
+            raise RpcUnavailable(f"{label}: node answered HTTP {status}")
+        try:
+            return status, json.loads(raw)
+        except ValueError as exc:
+            raise RpcUnavailable(f"{label}: HTTP {status} with a non-JSON body") from exc
 
     # ------------------------------------------------------------ chain state
 
