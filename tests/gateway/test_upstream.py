@@ -80,6 +80,15 @@ def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
+def drops_the_second_request(head, body, n):
+    """Answers the first request keeping the connection, then drops the connection when
+    the next request arrives on it, without answering (as an origin timing out an idle
+    connection at that moment does); answers every later one."""
+    if n == 1:
+        return b"", True
+    return ok(b"answer %d" % n), False
+
+
 @pytest.fixture
 async def raw_origin():
     started: list[RawOrigin] = []
@@ -156,14 +165,7 @@ async def test_chunked_answer_and_chunked_upload(raw_origin, gateway, http):
 
 async def test_idempotent_call_is_resent_when_a_kept_connection_was_dropped(
         raw_origin, gateway, http):
-    # The origin answers the first request keeping the connection, then drops the
-    # connection when the next request arrives on it, without answering (as an origin
-    # timing out an idle connection at that moment does).
-    def script(head, body, n):
-        if n == 1:
-            return b"", True
-        return ok(b"answer %d" % n), False
-    o = await raw_origin(script)
+    o = await raw_origin(drops_the_second_request)
     gw = await gateway(config(o.url))
     async with http.get(f"{gw.url}/api/x") as resp:
         assert await resp.read() == b"answer 0"
@@ -176,11 +178,7 @@ async def test_idempotent_call_is_resent_when_a_kept_connection_was_dropped(
 
 async def test_post_is_never_sent_twice_when_a_kept_connection_was_dropped(
         raw_origin, gateway, http):
-    def script(head, body, n):
-        if n == 1:
-            return b"", True
-        return ok(b"answer %d" % n), False
-    o = await raw_origin(script)
+    o = await raw_origin(drops_the_second_request)
     gw = await gateway(config(o.url))
     async with http.get(f"{gw.url}/api/x") as resp:
         assert await resp.read() == b"answer 0"

@@ -14,6 +14,7 @@ import struct
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from store.schema import payments
@@ -389,11 +390,9 @@ async def test_store_down_while_the_origin_answers_never_hands_over_an_unrecorde
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    url = f"http://127.0.0.1:{server.port}"
     config = x402_config(evm_devnet, url)
     config["paygates"][0]["settlement"] = "deferred"
     config["server"] = {"settlement_interval_seconds": 0.2, "settlement_lease_seconds": 2}
@@ -426,4 +425,4 @@ async def test_store_down_while_the_origin_answers_never_hands_over_an_unrecorde
     finally:
         if postgres_server.process is None:
             postgres_server.resume()
-        await runner.cleanup()
+        await server.close()
