@@ -6,8 +6,9 @@ Usage: python bench/bench_ledger.py [--charges N] [--concurrency 1,32,128] [--se
 
 Same workload and checks as bench/bench_sessions.py (which it reuses), but:
 
-* SQLite: the file in a temporary directory; the ledger's writer commits with
-  synchronous=FULL (a commit is on disk before the call is answered).
+* SQLite: the file in a temporary directory. A charge alone commits without an fsync
+  (store.writer: it is synced by the call's record, which commits with synchronous=FULL),
+  so on SQLite the "call" figures are the durable ones.
 * PostgreSQL: the throwaway test server with durability switched back ON (fsync,
   synchronous_commit, full_page_writes), so each acknowledged charge was flushed.
 
@@ -25,53 +26,11 @@ import contextlib
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_sessions import PRICE, open_sessions  # noqa: E402
-from sessions.ledger import Charged  # noqa: E402
-from sessions.ledger import Ledger  # noqa: E402
-from sessions.records import SessionRecords  # noqa: E402
-from store.clock import SystemClock  # noqa: E402
-from store.db import create_engine  # noqa: E402
-from store.migrations import migrate  # noqa: E402
-
-
-async def run(ledger: Ledger, records: SessionRecords, *, charges: int, concurrency: int,
-              sessions: int, mode: str) -> float:
-    ids = await open_sessions(records, sessions, allowance=(charges + 1) * PRICE)
-    left = charges
-
-    async def caller(offset: int) -> None:
-        nonlocal left
-        i = offset
-        while left > 0:
-            left -= 1
-            sid = ids[i % len(ids)]
-            i += 1
-            got = await ledger.charge(sid, uuid.uuid4().hex, "fp", PRICE, fresh_after=0)
-            if not isinstance(got, Charged):
-                raise RuntimeError(f"charge refused: {got!r}")
-            if mode == "call":
-                await ledger.record_response(got.charge_id, 200, [("Content-Type", "text/plain")],
-                                             b"ok", keep=True)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(caller(c) for c in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    views = [await records.get(sid) for sid in ids]
-    if sum(v.calls for v in views) != charges or sum(v.spent for v in views) != charges * PRICE:
-        raise RuntimeError("the ledger does not add up")
-    if mode == "call":
-        kept = 0
-        for sid in ids:
-            kept += sum(1 for c in await ledger.charges(sid) if c.state == "kept")
-        if kept != charges:
-            raise RuntimeError(f"{kept} of {charges} charges kept")
-    return charges / elapsed
+from bench.bench_sessions import bench_backend  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -110,23 +69,6 @@ async def _check_durable(url: str) -> None:
         await conn.close()
     if got != ["on", "on"]:
         raise RuntimeError(f"durability not on: {got}")
-
-
-async def bench_backend(backend: str, url: str, args) -> None:
-    for mode in ("charge", "call"):
-        for concurrency in args.concurrency:
-            for label, count in (("one session", 1), (f"{args.sessions} sessions", args.sessions)):
-                engine = create_engine(url)
-                try:
-                    await migrate(engine)
-                    clock = SystemClock()
-                    rate = await run(Ledger(engine, clock), SessionRecords(engine, clock),
-                                     charges=args.charges, concurrency=concurrency,
-                                     sessions=count, mode=mode)
-                finally:
-                    await engine.dispose()
-                print(f"{backend:9} {mode:6} {label:13} C={concurrency:<4} {rate:9.0f} /s",
-                      flush=True)
 
 
 def main() -> None:

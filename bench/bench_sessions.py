@@ -11,8 +11,8 @@ For each store and each concurrency C, C asyncio callers share a budget of N cha
   from offset i (the sessions of one owner share one allowance row, so their charges
   queue on it like those of one session).
 
-"charge" is Ledger.charge alone; "call" is what one paid call costs the ledger:
-charge + keep + record_response. Each run is checked afterwards (every charge landed
+"charge" is Ledger.charge alone; "call" is what the session rail writes per paid call:
+the charge, then the stored response with the keep in the same write. Each run is checked afterwards (every charge landed
 exactly once in spent/calls). SQLite is a file in a temporary directory (WAL, the
 store's settings); PostgreSQL is a throwaway local server from tests/support (fsync off,
 so its figures are an upper bound for a durable server). Wall-clock figures, one run
@@ -74,9 +74,8 @@ async def run(ledger: Ledger, records: SessionRecords, *, charges: int, concurre
             if not isinstance(got, Charged):
                 raise RuntimeError(f"charge refused: {got!r}")
             if mode == "call":
-                await ledger.keep(got.charge_id)
                 await ledger.record_response(got.charge_id, 200, [("Content-Type", "text/plain")],
-                                             b"ok")
+                                             b"ok", keep=True)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(caller(c) for c in range(concurrency)))
@@ -84,6 +83,12 @@ async def run(ledger: Ledger, records: SessionRecords, *, charges: int, concurre
     views = [await records.get(sid) for sid in ids]
     if sum(v.calls for v in views) != charges or sum(v.spent for v in views) != charges * PRICE:
         raise RuntimeError("the ledger does not add up")
+    if mode == "call":
+        kept = 0
+        for sid in ids:
+            kept += sum(1 for c in await ledger.charges(sid) if c.state == "kept")
+        if kept != charges:
+            raise RuntimeError(f"{kept} of {charges} charges kept")
     return charges / elapsed
 
 
@@ -100,6 +105,7 @@ def store(backend: str):
 
 
 async def bench_backend(backend: str, url: str, args) -> list[tuple]:
+    """Every (mode, concurrency, one or many sessions) run on one store; prints each."""
     rows = []
     for mode in ("charge", "call"):
         for concurrency in args.concurrency:
@@ -114,7 +120,7 @@ async def bench_backend(backend: str, url: str, args) -> list[tuple]:
                 finally:
                     await engine.dispose()
                 rows.append((backend, mode, label, concurrency, rate))
-                print(f"{backend:9} {mode:6} {label:13} C={concurrency:<3} {rate:9.0f} /s",
+                print(f"{backend:9} {mode:6} {label:13} C={concurrency:<4} {rate:9.0f} /s",
                       flush=True)
     return rows
 
